@@ -1,0 +1,442 @@
+"""SDP (RFC 4566) for plain RTP/AVP audio, and RFC 3264 offer/answer.
+
+Lean on purpose: we model the lines a G.711 softswitch acts on (o=, s=, c=, t=, m=,
+a=rtpmap/fmtp/ptime/direction) and keep every other line verbatim so re-serialising an
+SDP does not lose what we do not understand.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+# RFC 3264 §6.1: the answer's direction mirrors the offer's.
+_MIRROR = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
+# RFC 3551 §6 static payload types we can carry.
+STATIC_PTS = {0: "PCMU", 8: "PCMA"}
+_STATIC_BY_NAME = {v: k for k, v in STATIC_PTS.items()}
+TELEPHONE_EVENT = "telephone-event"
+_HOLD_ADDRS = ("0.0.0.0", "::")
+
+
+class NoCommonCodec(ValueError):
+    """The offer/answer has no audio codec we support (the caller answers 488)."""
+
+
+@dataclass
+class Origin:
+    username: str = "-"
+    session_id: int = 0
+    version: int = 0
+    nettype: str = "IN"
+    addrtype: str = "IP4"
+    address: str = "0.0.0.0"
+
+    @classmethod
+    def parse(cls, value: str) -> Origin:
+        parts = value.split()
+        if len(parts) != 6:
+            raise ValueError(f"SDP o= needs 6 fields, got {len(parts)}: {value!r}")
+        try:
+            sid, ver = int(parts[1]), int(parts[2])
+        except ValueError:
+            raise ValueError(f"SDP o= session id and version must be numeric: {value!r}") from None
+        return cls(parts[0], sid, ver, parts[3], parts[4], parts[5])
+
+    def __str__(self) -> str:
+        return (
+            f"{self.username} {self.session_id} {self.version} "
+            f"{self.nettype} {self.addrtype} {self.address}"
+        )
+
+
+def _parse_connection(value: str) -> str:
+    """c=IN IP4 <addr>[/ttl[/n]] -> address (multicast suffixes dropped)."""
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+        raise ValueError(f"SDP c= must be 'IN IP4|IP6 <address>': {value!r}")
+    return parts[2].split("/", 1)[0]
+
+
+def _addrtype(addr: str) -> str:
+    return "IP6" if ":" in addr else "IP4"
+
+
+@dataclass
+class Rtpmap:
+    pt: int
+    encoding: str
+    clock_rate: int
+    channels: int | None = None
+
+    @classmethod
+    def parse(cls, value: str) -> Rtpmap:
+        # "0 PCMU/8000" or "101 telephone-event/8000" or "9 G722/8000/1"
+        try:
+            pt_s, rest = value.split(None, 1)
+            bits = rest.strip().split("/")
+            return cls(int(pt_s), bits[0], int(bits[1]), int(bits[2]) if len(bits) > 2 else None)
+        except (ValueError, IndexError):
+            raise ValueError(f"SDP a=rtpmap is malformed: {value!r}") from None
+
+    def __str__(self) -> str:
+        ch = f"/{self.channels}" if self.channels is not None else ""
+        return f"{self.pt} {self.encoding}/{self.clock_rate}{ch}"
+
+
+@dataclass
+class MediaDescription:
+    media: str
+    port: int
+    proto: str
+    fmts: list[str]
+    connection: str | None = None  # media-level c= address
+    # Attributes in order, as (name, value or None for flags), e.g. ("rtpmap", "0 PCMU/8000").
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    other_lines: list[str] = field(default_factory=list)  # i=, b=, k= kept verbatim
+
+    @classmethod
+    def parse_m(cls, value: str) -> MediaDescription:
+        parts = value.split()
+        if len(parts) < 3:
+            raise ValueError(f"SDP m= needs media, port and proto: {value!r}")
+        port_s = parts[1].split("/", 1)[0]  # "port/count" form
+        if not port_s.isdigit() or int(port_s) > 65535:
+            raise ValueError(f"SDP m= port is not a port number: {value!r}")
+        return cls(parts[0], int(port_s), parts[2], parts[3:])
+
+    def attribute(self, name: str) -> str | None:
+        for k, v in self.attributes:
+            if k == name:
+                return v
+        return None
+
+    def has_attribute(self, name: str) -> bool:
+        return any(k == name for k, _ in self.attributes)
+
+    @property
+    def rtpmaps(self) -> dict[int, Rtpmap]:
+        out: dict[int, Rtpmap] = {}
+        for k, v in self.attributes:
+            if k == "rtpmap" and v:
+                m = Rtpmap.parse(v)
+                out[m.pt] = m
+        return out
+
+    @property
+    def fmtps(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for k, v in self.attributes:
+            if k == "fmtp" and v:
+                pt_s, _, params = v.partition(" ")
+                if pt_s.isdigit():
+                    out[int(pt_s)] = params.strip()
+        return out
+
+    @property
+    def ptime(self) -> int | None:
+        v = self.attribute("ptime")
+        if v is None:
+            return None
+        try:
+            return int(float(v))
+        except ValueError:
+            raise ValueError(f"SDP a=ptime is not a number: {v!r}") from None
+
+    def direction(self, default: str = "sendrecv") -> str:
+        for k, _ in self.attributes:
+            if k in DIRECTIONS:
+                return k
+        return default
+
+    def lines(self) -> list[str]:
+        out = [f"m={self.media} {self.port} {self.proto} {' '.join(self.fmts)}".rstrip()]
+        out.extend(self.other_lines)
+        if self.connection is not None:
+            out.append(f"c=IN {_addrtype(self.connection)} {self.connection}")
+        for k, v in self.attributes:
+            out.append(f"a={k}" if v is None else f"a={k}:{v}")
+        return out
+
+
+@dataclass
+class SessionDescription:
+    origin: Origin = field(default_factory=Origin)
+    session_name: str = "-"
+    connection: str | None = None  # session-level c= address
+    timing: str = "0 0"
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    media: list[MediaDescription] = field(default_factory=list)
+    other_lines: list[str] = field(default_factory=list)  # i=, u=, e=, b=, ... kept verbatim
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> SessionDescription:
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError("SDP is not valid UTF-8") from None
+        sd = cls()
+        seen_v = seen_o = False
+        current: MediaDescription | None = None
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line:
+                continue
+            if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
+                raise ValueError(f"SDP line is not '<type>=<value>': {line[:60]!r}")
+            kind, value = line[0], line[2:]
+            if not seen_v:
+                if kind != "v":
+                    raise ValueError("SDP must start with v=")
+                if value.strip() != "0":
+                    raise ValueError(f"SDP version must be 0, got {value!r}")
+                seen_v = True
+                continue
+            if kind == "m":
+                current = MediaDescription.parse_m(value)
+                sd.media.append(current)
+            elif kind == "a":
+                name, sep, val = value.partition(":")
+                attr = (name.strip(), val.strip() if sep else None)
+                (current.attributes if current else sd.attributes).append(attr)
+            elif kind == "c":
+                addr = _parse_connection(value)
+                if current:
+                    current.connection = addr
+                else:
+                    sd.connection = addr
+            elif current is not None:
+                current.other_lines.append(line)
+            elif kind == "o":
+                sd.origin = Origin.parse(value)
+                seen_o = True
+            elif kind == "s":
+                sd.session_name = value or "-"
+            elif kind == "t":
+                sd.timing = value.strip()
+            else:
+                sd.other_lines.append(line)
+        if not seen_v:
+            raise ValueError("SDP is empty")
+        if not seen_o:
+            raise ValueError("SDP has no o= line")
+        return sd
+
+    def __str__(self) -> str:
+        lines = ["v=0", f"o={self.origin}", f"s={self.session_name}"]
+        lines.extend(self.other_lines)
+        if self.connection is not None:
+            lines.append(f"c=IN {_addrtype(self.connection)} {self.connection}")
+        lines.append(f"t={self.timing}")
+        for k, v in self.attributes:
+            lines.append(f"a={k}" if v is None else f"a={k}:{v}")
+        for m in self.media:
+            lines.extend(m.lines())
+        return "\r\n".join(lines) + "\r\n"
+
+    def to_bytes(self) -> bytes:
+        return str(self).encode("utf-8")
+
+    __bytes__ = to_bytes
+
+    def media_connection(self, m: MediaDescription) -> str | None:
+        return m.connection if m.connection is not None else self.connection
+
+    def media_direction(self, m: MediaDescription) -> str:
+        session_default = "sendrecv"
+        for k, _ in self.attributes:
+            if k in DIRECTIONS:
+                session_default = k
+        return m.direction(session_default)
+
+
+@dataclass
+class MediaParams:
+    codec: str  # 'PCMU' | 'PCMA'
+    pt: int  # payload type to send the codec with (0 / 8)
+    dtmf_pt: int | None  # the peer's telephone-event/8000 PT, e.g. 101
+    remote_addr: tuple[str, int] | None  # None when port 0 or c=0.0.0.0 (hold)
+    direction: str  # OUR direction
+    ptime: int = 20
+
+
+def _codec_of(m: MediaDescription, rtpmaps: dict[int, Rtpmap], fmt: str) -> tuple[int, str] | None:
+    """(pt, upper-case encoding name) of one m= format, or None if it is not an 8 kHz codec."""
+    if not fmt.isdigit():
+        return None
+    pt = int(fmt)
+    rm = rtpmaps.get(pt)
+    if rm is not None:
+        if rm.clock_rate != 8000:
+            return None
+        name = rm.encoding
+        return pt, (name if name == TELEPHONE_EVENT else name.upper())
+    if pt in STATIC_PTS:
+        return pt, STATIC_PTS[pt]
+    return None
+
+
+def _is_rtp_audio(m: MediaDescription) -> bool:
+    return m.media == "audio" and m.proto.upper() == "RTP/AVP"
+
+
+def _remote_addr(sd: SessionDescription, m: MediaDescription) -> tuple[str, int] | None:
+    addr = sd.media_connection(m)
+    if addr is None:
+        raise ValueError("SDP has no c= line for the audio stream")
+    if m.port == 0 or addr in _HOLD_ADDRS:
+        return None
+    return addr, m.port
+
+
+def _our_session(local_ip: str, session_id: int, version: int) -> SessionDescription:
+    return SessionDescription(
+        origin=Origin("-", session_id, version, "IN", _addrtype(local_ip), local_ip),
+        session_name="-",
+        connection=local_ip,
+    )
+
+
+def answer_offer(
+    offer: SessionDescription,
+    local_ip: str,
+    local_port: int,
+    session_id: int,
+    version: int,
+    supported: tuple[str, ...] = ("PCMU", "PCMA"),
+) -> tuple[SessionDescription, MediaParams]:
+    """RFC 3264 §6: answer the first usable audio stream, reject every other m= line.
+
+    We pick the first of the offerer's codecs we support (the offerer's preference order),
+    echo telephone-event/8000 with the offerer's PT, and mirror the direction.
+    """
+    answer = _our_session(local_ip, session_id, version)
+    params: MediaParams | None = None
+    for m in offer.media:
+        chosen: tuple[int, str] | None = None
+        dtmf: int | None = None
+        if params is None and _is_rtp_audio(m) and m.port != 0:
+            rtpmaps = m.rtpmaps
+            for fmt in m.fmts:
+                c = _codec_of(m, rtpmaps, fmt)
+                if c is None:
+                    continue
+                if c[1] == TELEPHONE_EVENT:
+                    dtmf = c[0] if dtmf is None else dtmf
+                elif chosen is None and c[1] in supported:
+                    chosen = c
+        if chosen is None:
+            # §6: a rejected stream keeps its m= line with port 0.
+            answer.media.append(MediaDescription(m.media, 0, m.proto, m.fmts[:1]))
+            continue
+        pt, codec = chosen
+        offer_dir = offer.media_direction(m)
+        remote = _remote_addr(offer, m)
+        if remote is None and offer_dir == "sendrecv":
+            # RFC 3264 §8.4: c=0.0.0.0 is the old (RFC 2543) way to say "don't send to me".
+            offer_dir = "sendonly"
+        direction = _MIRROR[offer_dir]
+        am = MediaDescription("audio", local_port, "RTP/AVP", [str(pt)])
+        am.attributes.append(("rtpmap", f"{pt} {codec}/8000"))
+        if dtmf is not None:
+            am.fmts.append(str(dtmf))
+            am.attributes.append(("rtpmap", f"{dtmf} {TELEPHONE_EVENT}/8000"))
+            am.attributes.append(("fmtp", f"{dtmf} {m.fmtps.get(dtmf) or '0-16'}"))
+        am.attributes.append(("ptime", "20"))
+        am.attributes.append((direction, None))
+        answer.media.append(am)
+        params = MediaParams(codec, pt, dtmf, remote, direction, m.ptime or 20)
+    if params is None:
+        offered = "; ".join(f"m={m.media} {m.proto} {' '.join(m.fmts)}" for m in offer.media)
+        raise NoCommonCodec(
+            f"SDP offer has no audio codec we support ({'/'.join(supported)}): "
+            f"{offered or 'no m= lines'}"
+        )
+    return answer, params
+
+
+def make_offer(
+    local_ip: str,
+    local_port: int,
+    session_id: int,
+    version: int,
+    codecs: tuple[str, ...] = ("PCMU", "PCMA"),
+    dtmf_pt: int | None = 101,
+    direction: str = "sendrecv",
+) -> SessionDescription:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"SDP direction must be one of {DIRECTIONS}, not {direction!r}")
+    sd = _our_session(local_ip, session_id, version)
+    m = MediaDescription("audio", local_port, "RTP/AVP", [])
+    for name in codecs:
+        if name not in _STATIC_BY_NAME:
+            raise ValueError(f"SDP offer codec must be PCMU or PCMA, not {name!r}")
+        pt = _STATIC_BY_NAME[name]
+        m.fmts.append(str(pt))
+        m.attributes.append(("rtpmap", f"{pt} {name}/8000"))
+    if dtmf_pt is not None:
+        m.fmts.append(str(dtmf_pt))
+        m.attributes.append(("rtpmap", f"{dtmf_pt} {TELEPHONE_EVENT}/8000"))
+        m.attributes.append(("fmtp", f"{dtmf_pt} 0-16"))
+    m.attributes.append(("ptime", "20"))
+    m.attributes.append((direction, None))
+    sd.media.append(m)
+    return sd
+
+
+def accept_answer(offer: SessionDescription, answer: SessionDescription) -> MediaParams:
+    """RFC 3264 §7: read the answer to our offer; the codec must be one we offered."""
+    index = next(
+        (i for i, m in enumerate(offer.media) if _is_rtp_audio(m) and m.port != 0), None
+    )
+    if index is None:
+        raise ValueError("SDP offer has no audio stream to accept an answer for")
+    if len(answer.media) <= index:
+        raise ValueError(
+            f"SDP answer has {len(answer.media)} m= lines, the offer had {len(offer.media)}"
+        )
+    om, am = offer.media[index], answer.media[index]
+    if am.media != "audio" or am.port == 0:
+        raise NoCommonCodec("SDP answer rejected the audio stream (port 0)")
+    ours = {c[0]: c[1] for f in om.fmts if (c := _codec_of(om, om.rtpmaps, f)) is not None}
+    a_maps = am.rtpmaps
+    chosen: tuple[int, str] | None = None
+    dtmf: int | None = None
+    for fmt in am.fmts:
+        c = _codec_of(am, a_maps, fmt)
+        if c is None:
+            continue
+        if c[1] == TELEPHONE_EVENT:
+            dtmf = c[0] if dtmf is None else dtmf
+        elif chosen is None and ours.get(c[0]) == c[1]:
+            chosen = c
+        elif chosen is None and c[1] in ours.values():
+            # Answerer used another PT number for a codec we offered: send with theirs.
+            chosen = c
+    if chosen is None:
+        raise NoCommonCodec(
+            f"SDP answer picks no codec we offered ({' '.join(om.fmts)}): {' '.join(am.fmts)}"
+        )
+    answer_dir = answer.media_direction(am)
+    remote = _remote_addr(answer, am)
+    direction = _MIRROR[answer_dir]
+    offered_dir = offer.media_direction(om)
+    direction = _intersect(direction, offered_dir)
+    return MediaParams(chosen[1], chosen[0], dtmf, remote, direction, am.ptime or 20)
+
+
+def _intersect(a: str, b: str) -> str:
+    """The direction both allow (e.g. we offered sendonly, answer says sendrecv)."""
+    send = a in ("sendrecv", "sendonly") and b in ("sendrecv", "sendonly")
+    recv = a in ("sendrecv", "recvonly") and b in ("sendrecv", "recvonly")
+    return {(True, True): "sendrecv", (True, False): "sendonly",
+            (False, True): "recvonly", (False, False): "inactive"}[(send, recv)]
