@@ -1,0 +1,932 @@
+"""End-to-end harness: the real switch as a subprocess, SIPp as the caller, and an RTP
+sink standing in for the caller's media port.
+
+Everything binds 127.0.0.1 on ports picked here, so the suite can run twice in a row and
+next to a switch already listening on 5060. Nothing here imports the switch: it is driven
+only through its command line, SIP and RTP, as a user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "sipp_scenarios"
+TEST_APPS = Path(__file__).resolve().parent / "apps"
+JS_APPS = REPO / "js_apps"
+LOCALHOST = "127.0.0.1"
+SIPP = shutil.which("sipp") or "sipp"
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def free_udp_port(host: str = LOCALHOST) -> int:
+    """A UDP port that was free a moment ago (the kernel's pick, so from the ephemeral range)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_rtp_range(size: int = 200, host: str = LOCALHOST) -> tuple[int, int]:
+    """An even-based block of `size` UDP ports, all free now, below the ephemeral range
+    (Linux: 32768+) so free_udp_port() picks can never land inside it."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(50):
+        low = rng.randrange(20000, 32000 - size, 2)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(low, low + size):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return low, low + size - 1
+    raise RuntimeError("no free RTP port range found")
+
+
+# --------------------------------------------------------------------------- raw SIP
+
+
+def sip_request(
+    method: str,
+    target: tuple[str, int],
+    local: tuple[str, int],
+    *,
+    user: str = "service",
+    call_id: str | None = None,
+    branch: str | None = None,
+    cseq: int = 1,
+    body: str = "",
+    extra_headers: Sequence[str] = (),
+    omit: Iterable[str] = (),
+) -> bytes:
+    """A well-formed request (UDP), with headers in `omit` (e.g. "Via") left out."""
+    host, port = target
+    lhost, lport = local
+    branch = branch or "z9hG4bK-" + uuid.uuid4().hex[:16]
+    call_id = call_id or uuid.uuid4().hex + "@" + lhost
+    headers = {
+        "Via": f"SIP/2.0/UDP {lhost}:{lport};branch={branch};rport",
+        "Max-Forwards": "70",
+        "From": f"<sip:e2e@{lhost}:{lport}>;tag={uuid.uuid4().hex[:8]}",
+        "To": f"<sip:{user}@{host}:{port}>",
+        "Call-ID": call_id,
+        "CSeq": f"{cseq} {method}",
+        "Contact": f"<sip:e2e@{lhost}:{lport}>",
+    }
+    lines = [f"{method} sip:{user}@{host}:{port} SIP/2.0"]
+    omitted = {o.lower() for o in omit}
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in omitted]
+    lines += list(extra_headers)
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body.encode())}")
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+def sdp_offer(rtp_port: int, pts: str = "0 101", host: str = LOCALHOST) -> str:
+    maps = {
+        "0": "a=rtpmap:0 PCMU/8000",
+        "8": "a=rtpmap:8 PCMA/8000",
+        "18": "a=rtpmap:18 G729/8000",
+        "101": "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15",
+    }
+    lines = [
+        "v=0",
+        f"o=e2e 1 1 IN IP4 {host}",
+        "s=-",
+        f"c=IN IP4 {host}",
+        "t=0 0",
+        f"m=audio {rtp_port} RTP/AVP {pts}",
+    ]
+    lines += [maps[pt] for pt in pts.split() if pt in maps]
+    lines += ["a=ptime:20", "a=sendrecv"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def status_of(data: bytes) -> int | None:
+    m = re.match(rb"SIP/2\.0 (\d{3}) ", data)
+    return int(m.group(1)) if m else None
+
+
+class SipSocket:
+    """A bare UDP socket that sends requests and collects whatever comes back."""
+
+    def __init__(self, host: str = LOCALHOST) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.addr: tuple[str, int] = self.sock.getsockname()
+
+    def send(self, data: bytes, target: tuple[str, int]) -> None:
+        self.sock.sendto(data, target)
+
+    def recv_all(self, timeout: float, until_final: bool = True) -> list[bytes]:
+        """Datagrams received within `timeout` s (stops early at a final response)."""
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                break
+            data, _ = self.sock.recvfrom(65535)
+            out.append(data)
+            code = status_of(data)
+            if until_final and code is not None and code >= 200:
+                break
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "SipSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def options_ping(target: tuple[str, int], timeout: float = 0.5) -> int | None:
+    """Send one OPTIONS; the status code of the final response, or None."""
+    with SipSocket() as s:
+        s.send(sip_request("OPTIONS", target, s.addr), target)
+        for data in s.recv_all(timeout):
+            code = status_of(data)
+            if code is not None and code >= 200:
+                return code
+    return None
+
+
+# --------------------------------------------------------------------------- the switch
+
+
+class SwitchProcess:
+    """The real switch, started as `python -m switch.cli run ...` on free ports.
+
+    Use as a context manager, or call start()/stop(). stop() sends SIGTERM and asserts
+    that the process exits with code 0 within `stop_timeout` seconds.
+    """
+
+    def __init__(
+        self,
+        app_dir: Path | str,
+        extra_args: Sequence[str] = (),
+        *,
+        workdir: Path | str | None = None,
+        host: str = LOCALHOST,
+        port: int | None = None,
+        rtp_range: tuple[int, int] | None = None,
+        log_level: str = "debug",
+        ready_timeout: float = 10.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.app_dir = Path(app_dir)
+        self.extra_args = list(extra_args)
+        self.workdir = Path(workdir) if workdir else Path(
+            __import__("tempfile").mkdtemp(prefix="switch-e2e-")
+        )
+        self.host = host
+        self.port = port or free_udp_port(host)
+        self.rtp_range = rtp_range or free_rtp_range()
+        self.log_level = log_level
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.data_dir = self.workdir / "data"
+        self.log_path = self.workdir / "switch.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    @property
+    def sip_addr(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def sip_target(self) -> str:
+        """host:port, as SIPp wants its remote host."""
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        lo, hi = self.rtp_range
+        return [
+            sys.executable, "-m", "switch.cli", "run",
+            "--listen", f"{self.host}:{self.port}",
+            "--rtp-ports", f"{lo}-{hi}",
+            "--app", str(self.app_dir),
+            "--data-dir", str(self.data_dir),
+            "--log-level", self.log_level,
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> "SwitchProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.command(), cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"switch exited with {self.proc.returncode} before answering OPTIONS\n"
+                    + self.log_tail()
+                )
+            if options_ping(self.sip_addr, timeout=0.25) == 200:
+                return
+        self.kill()
+        raise AssertionError(f"switch not ready (no 200 to OPTIONS) in {self.ready_timeout}s\n"
+                             + self.log_tail())
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        self.returncode = self.proc.wait(timeout)
+        return self.returncode
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float | None = None, expect_rc: int | None = 0) -> int:
+        """SIGTERM, then assert a clean exit (code `expect_rc`) within `timeout` s."""
+        assert self.proc is not None, "switch was never started"
+        timeout = self.stop_timeout if timeout is None else timeout
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"switch did not exit within {timeout}s of SIGTERM\n" + self.log_tail()
+            ) from None
+        finally:
+            self._close_log()
+        self.returncode = rc
+        if expect_rc is not None and rc != expect_rc:
+            raise AssertionError(f"switch exited with {rc}, expected {expect_rc}\n" + self.log_tail())
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        with contextlib.suppress(Exception):
+            self._log.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        tail = self.log_text().splitlines()[-lines:]
+        return f"--- switch log tail ({self.log_path}) ---\n" + "\n".join(tail)
+
+    def __enter__(self) -> "SwitchProcess":
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.proc is None or self.returncode is not None:
+            return
+        if exc_type is None:
+            self.stop()
+        else:  # don't mask the test's own failure
+            try:
+                self.stop()
+            except AssertionError as e:
+                print(e, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- SIPp
+
+
+@dataclass
+class SipMessage:
+    """One message from SIPp's -message_file."""
+
+    direction: str  # "sent" or "received"
+    time: float  # epoch seconds (SIPp's wall clock)
+    text: str
+
+    @property
+    def first_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+    @property
+    def status(self) -> int | None:
+        m = re.match(r"SIP/2\.0 (\d{3})", self.first_line)
+        return int(m.group(1)) if m else None
+
+    @property
+    def method(self) -> str | None:
+        """Request method, or the CSeq method for a response."""
+        if self.status is None:
+            return self.first_line.split(" ", 1)[0]
+        cseq = self.header("CSeq")
+        return cseq.split()[-1] if cseq else None
+
+    @property
+    def cseq(self) -> int | None:
+        cseq = self.header("CSeq")
+        return int(cseq.split()[0]) if cseq else None
+
+    def header(self, name: str) -> str | None:
+        head = self.text.split("\n\n", 1)[0]
+        compact = {"via": "v", "from": "f", "to": "t", "call-id": "i", "contact": "m",
+                   "content-type": "c", "content-length": "l"}  # fmt: skip
+        names = {name.lower(), compact.get(name.lower(), name.lower())}
+        for line in head.split("\n")[1:]:
+            k, _, v = line.partition(":")
+            if k.strip().lower() in names:
+                return v.strip()
+        return None
+
+    @property
+    def body(self) -> str:
+        parts = self.text.split("\n\n", 1)
+        return parts[1].strip() if len(parts) == 2 else ""
+
+    @property
+    def to_tag(self) -> str | None:
+        to = self.header("To") or ""
+        m = re.search(r";\s*tag=([^;>\s]+)", to)
+        return m.group(1) if m else None
+
+
+_MSG_SEP = re.compile(
+    r"^-{10,} (\d{4}-\d\d-\d\d)[ \t](\d\d:\d\d:\d\d\.\d+)\s*\n"
+    r"\S+ message (sent|received)[^\n]*\n\n",
+    re.M,
+)
+
+
+def parse_message_file(text: str) -> list[SipMessage]:
+    out = []
+    matches = list(_MSG_SEP.finditer(text))
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        when = _dt.datetime.strptime(f"{m.group(1)} {m.group(2)}", "%Y-%m-%d %H:%M:%S.%f")
+        body = text[m.end():end].replace("\r\n", "\n").strip("\n") + "\n"
+        out.append(SipMessage(m.group(3), when.timestamp(), body))
+    return out
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    scenario: str
+    workdir: Path
+    created: int = 0
+    successful: int = 0
+    failed: int = 0
+    message_path: Path = field(default_factory=Path)
+    log_path: Path = field(default_factory=Path)
+    error_path: Path = field(default_factory=Path)
+    screen_path: Path = field(default_factory=Path)
+    stat_path: Path = field(default_factory=Path)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.failed == 0 and self.successful == self.created
+
+    def messages(self) -> list[SipMessage]:
+        return parse_message_file(_read(self.message_path))
+
+    def received(self, method: str | None = None, status: int | None = None) -> list[SipMessage]:
+        return [m for m in self.messages() if m.direction == "received"
+                and (method is None or m.method == method)
+                and (status is None or m.status == status)]  # fmt: skip
+
+    def sent(self, method: str | None = None) -> list[SipMessage]:
+        return [m for m in self.messages() if m.direction == "sent"
+                and (method is None or m.method == method)]  # fmt: skip
+
+    def final_status(self, method: str = "INVITE", cseq: int = 1) -> int | None:
+        """Status of the first final response received for (method, cseq)."""
+        for m in self.received(method):
+            if m.status is not None and m.status >= 200 and m.cseq == cseq:
+                return m.status
+        return None
+
+    def statuses(self, method: str = "INVITE") -> list[int]:
+        return [m.status for m in self.received(method) if m.status is not None]
+
+    def log_text(self) -> str:
+        return _read(self.log_path)
+
+    def errors_text(self) -> str:
+        return _read(self.error_path)
+
+    def screen_text(self) -> str:
+        return _read(self.screen_path)
+
+    def describe(self, max_chars: int = 6000) -> str:
+        """What to print when an assertion on this run fails."""
+        msgs = _read(self.message_path)
+        if len(msgs) > max_chars:
+            msgs = "[...]\n" + msgs[-max_chars:]
+        return (
+            f"sipp {self.scenario}: rc={self.returncode} created={self.created} "
+            f"ok={self.successful} failed={self.failed}\n"
+            f"--- sipp errors ---\n{self.errors_text()[-2000:]}\n"
+            f"--- sipp messages ---\n{msgs}"
+        )
+
+
+def _read(p: Path) -> str:
+    try:
+        return p.read_text(errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        return ""
+
+
+def scenario_path(scenario: str) -> Path:
+    p = Path(scenario)
+    if p.is_file():
+        return p
+    p = SCENARIOS / (scenario if scenario.endswith(".xml") else scenario + ".xml")
+    if not p.is_file():
+        raise FileNotFoundError(p)
+    return p
+
+
+class SippRun:
+    """A SIPp process started in the background (see run_sipp for the arguments)."""
+
+    def __init__(
+        self,
+        scenario: str,
+        target: str,
+        *,
+        keys: dict[str, object] | None = None,
+        calls: int = 1,
+        rate: float | None = None,
+        timeout: float = 30.0,
+        service: str = "service",
+        pause_ms: int | None = None,
+        workdir: Path | str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.scenario = scenario
+        self.workdir = Path(workdir) if workdir else Path(
+            __import__("tempfile").mkdtemp(prefix="sipp-e2e-")
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        stem = Path(scenario).stem.replace(":", "_") + "-" + uuid.uuid4().hex[:6]
+        d = self.workdir
+        self.paths = dict(
+            message_path=d / f"{stem}.messages.log",
+            log_path=d / f"{stem}.actions.log",
+            error_path=d / f"{stem}.errors.log",
+            screen_path=d / f"{stem}.screen.log",
+            stat_path=d / f"{stem}.stat.csv",
+        )
+        self.stdout_path = d / f"{stem}.stdout"
+        self.timeout = timeout
+        if scenario.startswith("sn:"):
+            scen_args = ["-sn", scenario[3:]]
+        else:
+            scen_args = ["-sf", str(scenario_path(scenario))]
+        cmd = [SIPP, target, *scen_args,
+               "-i", LOCALHOST, "-mi", LOCALHOST,
+               "-p", str(free_udp_port()), "-mp", str(free_udp_port()),
+               "-s", service, "-m", str(calls), "-nostdin",
+               "-timeout", f"{timeout}s", "-timeout_error",
+               "-max_retrans", "5",
+               "-trace_msg", "-message_file", str(self.paths["message_path"]),
+               "-trace_logs", "-log_file", str(self.paths["log_path"]),
+               "-trace_err", "-error_file", str(self.paths["error_path"]),
+               "-trace_screen", "-screen_file", str(self.paths["screen_path"]),
+               "-trace_stat", "-stf", str(self.paths["stat_path"]), "-fd", "1"]  # fmt: skip
+        if rate is not None:
+            cmd += ["-r", str(rate)]
+        if pause_ms is not None:
+            cmd += ["-d", str(pause_ms)]
+        for k, v in (keys or {}).items():
+            cmd += ["-key", str(k), str(v)]
+        cmd += list(extra_args)
+        self.cmd = cmd
+        self._out = open(self.stdout_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=d, stdin=subprocess.DEVNULL, stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.time()
+
+    def wait(self, timeout: float | None = None) -> SippResult:
+        """Wait for SIPp to finish (its own -timeout plus a margin) and parse its files."""
+        try:
+            rc = self.proc.wait(self.timeout + 10 if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            rc = self.proc.wait(5)
+        self._out.close()
+        res = SippResult(rc, self.scenario, self.workdir, **self.paths)
+        _fill_counts(res)
+        return res
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+
+def _fill_counts(res: SippResult) -> None:
+    """Cumulative counters from the last row of the -trace_stat CSV, else the screen."""
+    rows = list(csv.reader(_read(res.stat_path).splitlines(), delimiter=";"))
+    if len(rows) >= 2:
+        head, last = rows[0], rows[-1]
+        col = {k: i for i, k in enumerate(head)}
+
+        def get(name: str) -> int:
+            i = col.get(name)
+            try:
+                return int(last[i]) if i is not None and i < len(last) else 0
+            except ValueError:
+                return 0
+
+        res.created = get("OutgoingCall(C)") + get("IncomingCall(C)")
+        res.successful = get("SuccessfulCall(C)")
+        res.failed = get("FailedCall(C)")
+    screen = res.screen_text()
+    # The screen's final cumulative values are more recent than the last periodic dump.
+    for label, attr in (("Successful call", "successful"), ("Failed call", "failed"),
+                        ("Total Calls created", "created")):  # fmt: skip
+        found = re.findall(rf"{label}\s*\|[^|\n]*\|\s*(\d+)", screen)
+        if found:
+            setattr(res, attr, int(found[-1]))
+
+
+def run_sipp(
+    scenario: str,
+    target: str,
+    *,
+    keys: dict[str, object] | None = None,
+    calls: int = 1,
+    rate: float | None = None,
+    timeout: float = 30.0,
+    service: str = "service",
+    pause_ms: int | None = None,
+    workdir: Path | str | None = None,
+    extra_args: Sequence[str] = (),
+) -> SippResult:
+    """Run a scenario from sipp_scenarios/ (name or path; "sn:uac" for a built-in) against
+    `target` ("host:port") and wait for it.
+
+    keys: -key NAME VALUE pairs (e.g. {"rtpport": sink.port}); calls: -m; rate: -r calls/s;
+    timeout: SIPp's global -timeout (it then fails, -timeout_error); service: -s (the
+    Request-URI user); pause_ms: -d (the default <pause/>).
+    """
+    return SippRun(scenario, target, keys=keys, calls=calls, rate=rate, timeout=timeout,
+                   service=service, pause_ms=pause_ms, workdir=workdir,
+                   extra_args=extra_args).wait()  # fmt: skip
+
+
+# --------------------------------------------------------------------------- G.711
+
+
+def _ulaw_table() -> np.ndarray:
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = u & 0x80
+    exponent = (u >> 4) & 0x07
+    mantissa = u & 0x0F
+    mag = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return np.where(sign != 0, -mag, mag).astype(np.int16)
+
+
+def _alaw_table() -> np.ndarray:
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    sign = a & 0x80
+    exponent = (a >> 4) & 0x07
+    mantissa = a & 0x0F
+    mag = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    return np.where(sign != 0, mag, -mag).astype(np.int16)
+
+
+ULAW_TO_LINEAR = _ulaw_table()
+ALAW_TO_LINEAR = _alaw_table()
+
+
+def g711_decode(payload: bytes, pt: int) -> np.ndarray:
+    table = ULAW_TO_LINEAR if pt == 0 else ALAW_TO_LINEAR if pt == 8 else None
+    if table is None:
+        raise ValueError(f"PT {pt} is not G.711")
+    return table[np.frombuffer(payload, dtype=np.uint8)]
+
+
+def g711_encode(samples: np.ndarray, pt: int = 0) -> bytes:
+    """Nearest-code encoder (a lookup, fine for test signals)."""
+    table = ULAW_TO_LINEAR if pt == 0 else ALAW_TO_LINEAR
+    order = np.argsort(table)
+    sorted_vals = table[order].astype(np.int32)
+    s = np.asarray(samples, dtype=np.int32)
+    idx = np.clip(np.searchsorted(sorted_vals, s), 1, 255)
+    left, right = sorted_vals[idx - 1], sorted_vals[idx]
+    idx = np.where(np.abs(s - left) <= np.abs(right - s), idx - 1, idx)
+    return order[idx].astype(np.uint8).tobytes()
+
+
+def dbfs(samples: np.ndarray) -> float:
+    """RMS level in dB relative to digital full scale (32768)."""
+    if len(samples) == 0:
+        return float("-inf")
+    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64)))))
+    return 20 * np.log10(rms / 32768.0) if rms > 0 else float("-inf")
+
+
+def wav_duration(path: Path | str) -> float:
+    with wave.open(str(path), "rb") as w:
+        return w.getnframes() / float(w.getframerate())
+
+
+def write_tone_wav(path: Path | str, seconds: float, freq: float = 440.0, level: float = 0.3,
+                   rate: int = 8000) -> Path:  # fmt: skip
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (np.sin(2 * np.pi * freq * t) * level * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- RTP
+
+
+@dataclass
+class RtpPacket:
+    time: float  # time.time() at arrival
+    mono: float  # time.monotonic() at arrival
+    src: tuple[str, int]
+    pt: int
+    seq: int
+    ts: int
+    ssrc: int
+    marker: bool
+    payload: bytes
+
+
+def parse_rtp(data: bytes) -> tuple[int, int, int, int, bool, bytes]:
+    """(pt, seq, ts, ssrc, marker, payload); ValueError if it is not RTP v2."""
+    if len(data) < 12:
+        raise ValueError("shorter than an RTP header")
+    b0, b1, seq, ts, ssrc = struct.unpack("!BBHII", data[:12])
+    if b0 >> 6 != 2:
+        raise ValueError("not RTP version 2")
+    off = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:  # header extension
+        if len(data) < off + 4:
+            raise ValueError("truncated extension")
+        off += 4 + 4 * struct.unpack("!H", data[off + 2:off + 4])[0]
+    end = len(data)
+    if b0 & 0x20 and end > off:  # padding
+        end -= data[-1]
+    return b1 & 0x7F, seq, ts, ssrc, bool(b1 & 0x80), data[off:end]
+
+
+def build_rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False) -> bytes:
+    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF,
+                       ts & 0xFFFFFFFF, ssrc) + payload  # fmt: skip
+
+
+DTMF_EVENTS = "0123456789*#ABCD"
+
+
+class RtpSink:
+    """The caller's RTP port: records every packet that arrives, and can send RTP from the
+    same socket (symmetric RTP: the switch should latch onto this source)."""
+
+    def __init__(self, host: str = LOCALHOST, port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        self.sock.bind((host, port))
+        self.host, self.port = self.sock.getsockname()
+        self.packets: list[RtpPacket] = []
+        self.junk: list[bytes] = []  # datagrams that were not RTP (e.g. RTCP)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rtp-sink-{self.port}", daemon=True)
+        self._send_seq = random.randrange(1 << 16)
+        self._send_ts = random.randrange(1 << 32)
+        self.send_ssrc = random.randrange(1, 1 << 32)
+
+    def start(self) -> "RtpSink":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        self.sock.close()
+
+    def __enter__(self) -> "RtpSink":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            r, _, _ = select.select([self.sock], [], [], 0.05)
+            if not r:
+                continue
+            try:
+                data, src = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            now, mono = time.time(), time.monotonic()
+            try:
+                pt, seq, ts, ssrc, marker, payload = parse_rtp(data)
+            except ValueError:
+                self.junk.append(data)
+                continue
+            if 72 <= pt <= 76:  # RTCP (RFC 5761 range) sent to the RTP port
+                self.junk.append(data)
+                continue
+            with self._lock:
+                self.packets.append(RtpPacket(now, mono, src, pt, seq, ts, ssrc, marker, payload))
+
+    # ---- sending
+    def send(self, dest: tuple[str, int], payload: bytes, pt: int = 0, marker: bool = False,
+             samples: int | None = None) -> None:  # fmt: skip
+        self.sock.sendto(build_rtp(pt, self._send_seq, self._send_ts, self.send_ssrc, payload, marker), dest)
+        self._send_seq += 1
+        self._send_ts += len(payload) if samples is None else samples
+
+    def send_stream(self, dest: tuple[str, int], seconds: float, pt: int = 0,
+                    samples: np.ndarray | None = None) -> None:  # fmt: skip
+        """Send `seconds` of 20 ms G.711 frames, paced in real time (blocks)."""
+        n = int(seconds * 50)
+        if samples is None:
+            samples = np.zeros(160 * n, dtype=np.int16)
+        data = g711_encode(samples, pt)
+        t0 = time.monotonic()
+        for i in range(n):
+            self.send(dest, data[160 * i:160 * (i + 1)] or data[:160], pt=pt, marker=(i == 0))
+            delay = t0 + (i + 1) * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    # ---- queries
+    def snapshot(self, pt: int | None = None, since: float | None = None,
+                 until: float | None = None) -> list[RtpPacket]:  # fmt: skip
+        """Packets so far (optionally of one PT, arrived within [since, until] wall time)."""
+        with self._lock:
+            pkts = list(self.packets)
+        return [p for p in pkts if (pt is None or p.pt == pt)
+                and (since is None or p.time >= since)
+                and (until is None or p.time <= until)]  # fmt: skip
+
+    def count(self, pt: int | None = None) -> int:
+        return len(self.snapshot(pt))
+
+    def wait_for(self, n: int = 1, timeout: float = 5.0, pt: int | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count(pt) >= n:
+                return True
+            time.sleep(0.01)
+        return self.count(pt) >= n
+
+    def wait_quiet(self, quiet: float = 0.3, timeout: float = 10.0) -> bool:
+        """Wait until no packet has arrived for `quiet` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pkts = self.snapshot()
+            last = pkts[-1].mono if pkts else 0.0
+            if time.monotonic() - last >= quiet:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def ssrcs(self, pt: int | None = None) -> set[int]:
+        return {p.ssrc for p in self.snapshot(pt)}
+
+    def payload_types(self) -> set[int]:
+        return {p.pt for p in self.snapshot()}
+
+    def sources(self) -> set[tuple[str, int]]:
+        return {p.src for p in self.snapshot()}
+
+    @staticmethod
+    def seq_gaps(pkts: Sequence[RtpPacket]) -> list[tuple[int, int]]:
+        """(previous seq, next seq) wherever a packet's seq is not previous+1 (mod 2^16)."""
+        return [(a.seq, b.seq) for a, b in zip(pkts, pkts[1:]) if (a.seq + 1) & 0xFFFF != b.seq]
+
+    @staticmethod
+    def interarrival_jitter_ms(pkts: Sequence[RtpPacket], clock: int = 8000) -> float:
+        """RFC 3550 §6.4.1 interarrival jitter estimate, in ms."""
+        j = 0.0
+        for a, b in zip(pkts, pkts[1:]):
+            d = (b.mono - a.mono) - ((b.ts - a.ts) & 0xFFFFFFFF) / clock
+            j += (abs(d) - j) / 16
+        return j * 1000
+
+    @staticmethod
+    def max_gap_ms(pkts: Sequence[RtpPacket]) -> float:
+        return max(((b.mono - a.mono) * 1000 for a, b in zip(pkts, pkts[1:])), default=0.0)
+
+    def audio(self, pt: int | None = None) -> np.ndarray:
+        """Decoded G.711 samples of all packets of `pt` (default: the first G.711 PT seen)."""
+        pkts = self.snapshot()
+        if pt is None:
+            pt = next((p.pt for p in pkts if p.pt in (0, 8)), 0)
+        chunks = [g711_decode(p.payload, pt) for p in pkts if p.pt == pt]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+    def level_dbfs(self, pt: int | None = None) -> float:
+        return dbfs(self.audio(pt))
+
+    def dtmf_digits(self, pt: int = 101) -> str:
+        """RFC 4733 events, one digit per event (events are keyed by their RTP timestamp)."""
+        digits: list[str] = []
+        seen: set[int] = set()
+        for p in self.snapshot(pt):
+            if len(p.payload) < 4 or p.ts in seen:
+                continue
+            seen.add(p.ts)
+            ev = p.payload[0]
+            digits.append(DTMF_EVENTS[ev] if ev < len(DTMF_EVENTS) else "?")
+        return "".join(digits)
+
+
+# --------------------------------------------------------------------------- apps
+
+
+def prepare_app(name_or_dir: str | Path, dest_root: Path) -> Path:
+    """Copy an app (tests/e2e/apps/NAME, js_apps/NAME, or a path) into dest_root/NAME and
+    add the audio the test apps play: greeting.wav (from js_apps/greeting), tone.wav (1 s
+    440 Hz) and short.wav (0.5 s 440 Hz)."""
+    src = Path(name_or_dir)
+    if not src.is_dir():
+        for root in (TEST_APPS, JS_APPS):
+            if (root / str(name_or_dir)).is_dir():
+                src = root / str(name_or_dir)
+                break
+        else:
+            raise FileNotFoundError(f"no app named {name_or_dir}")
+    dest = dest_root / src.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    greeting = JS_APPS / "greeting" / "greeting.wav"
+    if not (dest / "greeting.wav").exists() and greeting.exists():
+        shutil.copy(greeting, dest / "greeting.wav")
+    if not (dest / "tone.wav").exists():
+        write_tone_wav(dest / "tone.wav", 1.0)
+    if not (dest / "short.wav").exists():
+        write_tone_wav(dest / "short.wav", 0.5)
+    return dest
+
+
+def switch_available() -> bool:
+    return (REPO / "switch" / "cli.py").is_file() or (REPO / "switch" / "cli" / "__init__.py").is_file()
+
+
+@contextlib.contextmanager
+def rtp_sink() -> Iterator[RtpSink]:
+    s = RtpSink().start()
+    try:
+        yield s
+    finally:
+        s.stop()
