@@ -1,0 +1,238 @@
+"""The call engine: the user-agent core of the B2BUA (RFC 3261 §8.2, §12, §15).
+
+It receives what the transaction layer reports, decides what each request
+means (a new call, a request inside a dialog, a probe, garbage), admits or
+sheds new calls, and hands each admitted INVITE to a leg and a JS task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable
+
+from media.playback import PlaybackCache
+from media.sdp import NoCommonCodec, SessionDescription, answer_offer
+
+from ..sip.events import AckReceived, AckTimedOut, RequestReceived, ResponseReceived, SipEvent, TransactionTimedOut
+from ..sip.message import SipRequest, make_response
+from ..sip.transaction import InviteServerTransaction, ServerTransaction
+from ..sip.transport import SipTransport
+from ..tasks import events
+from .admission import Admission
+from .leg import InboundLeg
+
+logger = logging.getLogger(__name__)
+
+# Methods we implement, and methods we know but refuse (405 rather than 501, RFC 3261 §21.4.6).
+ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE")
+KNOWN_NOT_ALLOWED = frozenset(("REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "PRACK"))
+
+
+class CallEngine:
+    ALLOW = ", ".join(ALLOWED)
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sip: SipTransport,
+        admission: Admission,
+        playback: PlaybackCache,
+        open_media: Callable[[str], Any],
+        start_call: Callable[[InboundLeg], str | None],
+        app_dir_for: Callable[[SipRequest], Any],
+        advertise: str | None = None,
+    ) -> None:
+        self.loop = loop
+        self.sip = sip
+        self.admission = admission
+        self.playback = playback
+        self.open_media = open_media  # async (call_id) -> MediaSession
+        self._start_call = start_call  # starts the task; returns an error text or None
+        self._app_dir_for = app_dir_for
+        self.advertise = advertise
+        self._route_cache: dict[str, str] = {}
+        self.legs: dict[str, InboundLeg] = {}  # live legs by Call-ID + local tag
+        self._dialogs: dict[tuple[str, str, str], InboundLeg] = {}
+        self._by_invite: dict[int, InboundLeg] = {}  # id(INVITE server txn) -> leg, for CANCEL
+        self.calls_started = 0
+        sip.user = self
+
+    # ------------------------------------------------------------------ addressing
+    def local_ip_for(self, peer_host: str) -> str:
+        """The address a peer can reach us at (Contact, Via, SDP): the configured
+        advertise address, the listen address, or the interface that routes to it."""
+        if self.advertise:
+            return self.advertise
+        ip = self._route_cache.get(peer_host)
+        if ip is None:
+            ip = self._route_cache[peer_host] = local_ip_towards(peer_host, self.sip.local_addr[0])
+        return ip
+
+    def contact_for(self, local_ip: str) -> str:
+        return f"<sip:{local_ip}:{self.sip.local_addr[1]}>"
+
+    def via_sent_by(self, local_ip: str) -> str:
+        return f"{local_ip}:{self.sip.local_addr[1]}"
+
+    # ------------------------------------------------------------------ registry
+    def dialog_established(self, leg: InboundLeg) -> None:
+        assert leg.dialog is not None
+        self._dialogs[leg.dialog.id] = leg
+
+    def forget(self, leg: InboundLeg) -> None:
+        self.legs.pop(f"{leg.call_id};{leg.local_tag}", None)
+        self._by_invite.pop(id(leg.txn), None)
+        if leg.dialog is not None:
+            self._dialogs.pop(leg.dialog.id, None)
+
+    def live_calls(self) -> int:
+        return len(self.legs)
+
+    # ------------------------------------------------------------------ events from SIP
+    def handle_sip_event(self, event: SipEvent) -> None:
+        if isinstance(event, RequestReceived):
+            self._on_request(event.transaction, event.request)
+        elif isinstance(event, AckReceived):
+            leg = self._dialog_leg(event.request)
+            if leg is not None:
+                leg.on_ack(event.request)
+        elif isinstance(event, (ResponseReceived, TransactionTimedOut)):
+            user = getattr(event.transaction, "user", None)
+            if user is not None:
+                user.on_response(event)
+        elif isinstance(event, AckTimedOut):
+            leg = self._by_invite.get(id(event.transaction)) or self._dialog_leg(event.transaction.request)
+            if leg is not None:
+                leg.on_ack_timeout()
+
+    def _dialog_leg(self, request: SipRequest) -> InboundLeg | None:
+        return self._dialogs.get((request.call_id, request.to_tag or "", request.from_tag or ""))
+
+    def _reply(self, txn: ServerTransaction, request: SipRequest, status: int, reason: str | None = None,
+               headers: dict | None = None) -> None:
+        self.sip.send_response(txn, make_response(request, status, reason, to_tag=_stateless_tag(request),
+                                                  headers=headers))
+
+    def _on_request(self, txn: ServerTransaction, request: SipRequest) -> None:
+        method = request.method
+        if request.to_tag:
+            self._on_in_dialog(txn, request)
+            return
+        max_forwards = request.get("max-forwards")
+        if max_forwards is not None and max_forwards.strip() == "0" and method != "OPTIONS":
+            self._reply(txn, request, 483)
+            return
+        if method == "INVITE":
+            assert isinstance(txn, InviteServerTransaction)
+            self._on_invite(txn, request)
+        elif method == "CANCEL":
+            self._on_cancel(txn, request)
+        elif method == "OPTIONS":
+            # Health probe (e.g. Kamailio's dispatcher): 503 while draining so it moves on.
+            if self.admission.draining:
+                self._reply(txn, request, 503, headers={"retry-after": "30"})
+            else:
+                self._reply(txn, request, 200, headers={"allow": self.ALLOW, "accept": "application/sdp"})
+        elif method == "BYE" or method in ("INFO", "UPDATE"):
+            self._reply(txn, request, 481)
+        elif method in KNOWN_NOT_ALLOWED:
+            self._reply(txn, request, 405, headers={"allow": self.ALLOW})
+        else:
+            self._reply(txn, request, 501, headers={"allow": self.ALLOW})
+
+    def _on_in_dialog(self, txn: ServerTransaction, request: SipRequest) -> None:
+        leg = self._dialog_leg(request)
+        if leg is None:
+            self._reply(txn, request, 481)
+            return
+        assert leg.dialog is not None
+        error = leg.dialog.check_request(request)
+        if error is not None:
+            self._reply(txn, request, error, "CSeq out of order")
+            return
+        method = request.method
+        if method == "BYE":
+            leg.on_bye(txn, request)
+        elif method == "INVITE":
+            assert isinstance(txn, InviteServerTransaction)
+            leg.on_reinvite(txn, request)
+        elif method in ("OPTIONS", "INFO", "UPDATE"):
+            # INFO (e.g. SIP INFO DTMF) and UPDATE without SDP are acknowledged;
+            # session changes come by re-INVITE.
+            self._reply(txn, request, 200, headers={"allow": self.ALLOW})
+        elif method in KNOWN_NOT_ALLOWED:
+            self._reply(txn, request, 405, headers={"allow": self.ALLOW})
+        else:
+            self._reply(txn, request, 501, headers={"allow": self.ALLOW})
+
+    def _on_cancel(self, txn: ServerTransaction, cancel: SipRequest) -> None:
+        invite_txn = self.sip.layer.find_invite(cancel)
+        if invite_txn is None:
+            self._reply(txn, cancel, 481)
+            return
+        self._reply(txn, cancel, 200)  # §9.2: answer the CANCEL itself first
+        leg = self._by_invite.get(id(invite_txn))
+        if leg is not None:
+            leg.on_cancel()
+
+    def _on_invite(self, txn: InviteServerTransaction, invite: SipRequest) -> None:
+        refusal = self.admission.refuse_reason(len(self.legs))
+        if refusal is not None:
+            self.admission.refused += 1
+            self._reply(txn, invite, 503, f"Service Unavailable ({refusal})",
+                        headers={"retry-after": "30" if self.admission.draining else "1"})
+            return
+        if invite.request_uri.scheme not in ("sip", "sips", "tel"):
+            self._reply(txn, invite, 416)
+            return
+        offer: SessionDescription | None = None
+        if invite.body:
+            ctype = (invite.get("content-type") or "").split(";")[0].strip().lower()
+            if ctype != "application/sdp":
+                self._reply(txn, invite, 415, headers={"accept": "application/sdp"})
+                return
+            try:
+                offer = SessionDescription.parse(invite.body)
+                answer_offer(offer, "0.0.0.0", 9, 0, 0)  # refuse before any task exists
+            except NoCommonCodec as exc:
+                self._reply(txn, invite, 488, headers={"warning": f'305 - "{exc}"'})
+                return
+            except ValueError as exc:
+                self._reply(txn, invite, 400, f"Bad SDP ({exc})"[:100])
+                return
+        leg = InboundLeg(self, txn, invite, offer, self._app_dir_for(invite))
+        self.legs[f"{leg.call_id};{leg.local_tag}"] = leg
+        self._by_invite[id(txn)] = leg
+        self.calls_started += 1
+        error = self._start_call(leg)
+        if error is not None:
+            leg.log.error("call %s: %s", leg.call_id, error)
+            leg.hang_up(500, error)
+
+    # ------------------------------------------------------------------ shutdown
+    def hang_up_all(self, why: str) -> None:
+        for leg in list(self.legs.values()):
+            if not leg.ended:
+                leg.hang_up(503, why)
+                leg.notify(events.disconnect(None, why))
+
+
+def local_ip_towards(peer_host: str, bound_ip: str) -> str:
+    """The source IP the kernel would use to reach ``peer_host`` (no packet is sent)."""
+    if bound_ip not in ("0.0.0.0", "::", ""):
+        return bound_ip
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((peer_host, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def _stateless_tag(request: SipRequest) -> str:
+    """A To tag for responses that create no dialog; stable per request so a
+    retransmitted request gets the same answer."""
+    return format(hash((request.call_id, request.from_tag, request.cseq.number)) & 0xFFFFFFFF, "08x")
+

@@ -1,0 +1,110 @@
+"""Configuration: embedded defaults, an optional TOML file, then command-line flags.
+
+Precedence (lowest to highest): DEFAULTS below, the file given with --config,
+the flags. Keys in the file are the flag names with '_' for '-':
+
+    listen = "0.0.0.0:5060"
+    rtp_ports = "20000-29999"
+    app = "/srv/apps/greeting"
+    data_dir = "/var/lib/softswitch"
+    log_level = "info"
+    advertise = "203.0.113.10"   # address put in Contact/SDP when behind NAT
+    max_calls = 5000
+    task_memory_mb = 32
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_APPS = PACKAGE_ROOT / "js_apps"
+DEFAULT_APP = BUNDLED_APPS / "greeting"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message says which and how to fix it."""
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/softswitch")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "softswitch"
+
+
+@dataclass
+class Config:
+    listen: str = "0.0.0.0:5060"
+    rtp_ports: str = "20000-29999"
+    app: str = str(DEFAULT_APP)
+    data_dir: str = ""
+    log_level: str = "info"
+    log_format: str = "text"
+    advertise: str = ""
+    max_calls: int = 5000
+    task_memory_mb: int = 32
+
+    # ---- parsed views, validated once
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.listen, "listen")
+
+    @property
+    def rtp_range(self) -> tuple[int, int]:
+        low, sep, high = self.rtp_ports.partition("-")
+        if not sep or not low.isdigit() or not high.isdigit():
+            raise ConfigError(f"rtp_ports must look like LOW-HIGH (e.g. 20000-29999), not {self.rtp_ports!r}")
+        lo, hi = int(low), int(high)
+        if not 1024 <= lo < hi <= 65535 or hi - lo < 2:
+            raise ConfigError(f"rtp_ports {self.rtp_ports!r}: need 1024 <= LOW < HIGH <= 65535")
+        return lo, hi
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
+    def validate(self) -> None:
+        self.listen_addr  # noqa: B018
+        self.rtp_range  # noqa: B018
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, not {self.log_format!r}")
+        if not (Path(self.app) / "main.js").is_file():
+            raise ConfigError(f"app {self.app!r} has no main.js: point --app at a directory holding main.js")
+        if self.max_calls < 1 or self.task_memory_mb < 1:
+            raise ConfigError("max_calls and task_memory_mb must be positive")
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT (e.g. 0.0.0.0:5060), not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load(path: str | None, overrides: dict[str, Any]) -> Config:
+    """Defaults, then the TOML file, then the non-None overrides (the flags)."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                values.update(tomllib.load(fh))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path!r}: {exc}") from None
+    known = {f.name: f.type for f in fields(Config)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"config file {path!r}: unknown setting(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = Config(**values)
+    config.validate()
+    return config

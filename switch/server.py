@@ -1,0 +1,114 @@
+"""The switch process: wires SIP, the call engine, media and the task runtime on one loop.
+
+Each piece has one owner here: ``Switch.start()`` starts them in order and
+``Switch.stop()`` stops them in reverse, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+from pathlib import Path
+
+from media.clock import MediaClock
+from media.playback import PlaybackCache
+from media.ports import RtpPortPool
+from media.session import MediaSession
+
+from .calls.admission import Admission, LoopLagMonitor
+from .calls.engine import CallEngine
+from .calls.leg import InboundLeg
+from .config import Config
+from .sip.message import SipRequest
+from .sip.transport import SipTransport
+from .tasks.app import AppError, JsApp
+from .tasks.runtime import TaskRuntime
+
+logger = logging.getLogger("switch")
+
+DRAIN_TIMEOUT = 5.0  # seconds to wait for BYEs to be answered on SIGTERM
+
+
+class Switch:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self.app: JsApp | None = None
+        self.app_error: str | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        loop = self.loop
+        host, port = cfg.listen_addr
+        self.sip = SipTransport(loop)
+        await self.sip.listen(host, port)
+        self.bind_ip = host
+        self.ports = RtpPortPool(*cfg.rtp_range)
+        self.clock = MediaClock(loop)
+        # Decoding and HTTP fetches run here, never on the loop.
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="media-decode")
+        self.playback = PlaybackCache(self.executor)
+        self.runtime = TaskRuntime(loop, memory_limit=cfg.task_memory_mb * 1024 * 1024)
+        self.lag = LoopLagMonitor(loop)
+        self.lag.start()
+        self.admission = Admission(self.lag, cfg.max_calls)
+        self.engine = CallEngine(
+            loop, self.sip, self.admission, self.playback,
+            open_media=self._open_media, start_call=self._start_call,
+            app_dir_for=self._app_dir_for, advertise=cfg.advertise or None,
+        )
+        self._load_app()
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        logger.info("softswitch listening on udp %s:%d, rtp %s, app %s, data %s",
+                    *self.sip.local_addr, cfg.rtp_ports, cfg.app, cfg.data_path)
+
+    def _load_app(self) -> None:
+        try:
+            self.app = JsApp.load("default", Path(self.config.app))
+        except AppError as exc:
+            # Keep running: calls get 500 with this error logged, and the operator sees
+            # the problem without the switch flapping under a supervisor.
+            self.app_error = f"app {self.config.app} does not load: {exc}"
+            logger.error("%s", self.app_error)
+
+    def _app_dir_for(self, invite: SipRequest) -> Path:
+        return Path(self.config.app)
+
+    async def _open_media(self, call_id: str) -> MediaSession:
+        return await MediaSession.open(self.loop, self.bind_ip, self.ports, self.clock, f"rtp[{call_id}]")
+
+    def _start_call(self, leg: InboundLeg) -> str | None:
+        if self.app is None:
+            return self.app_error or "no app"
+        task = self.runtime.start(self.app, "Main", leg=leg)
+        leg.task_id = task.tid
+        leg.notify = lambda event, tid=task.tid: self.runtime.post(tid, event)
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Drain: refuse new calls (503), BYE the running ones, wait for answers, stop."""
+        logger.info("stopping: %d live calls, %d tasks", self.engine.live_calls(), len(self.runtime))
+        self.admission.draining = True
+        self.engine.hang_up_all("switch shutting down")
+        deadline = self.loop.time() + DRAIN_TIMEOUT
+        while self.engine.live_calls() and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.runtime.shutdown()
+        self.lag.stop()
+        self.clock.stop()
+        self.sip.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("stopped")

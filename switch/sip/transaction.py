@@ -1,0 +1,547 @@
+"""The four RFC 3261 §17 transaction state machines, sans-I/O.
+
+``TransactionLayer`` is driven like aioquic's connection: feed it parsed
+messages with ``receive(msg, addr, now)`` and expired timers with
+``handle_timer(now)``; pull ``datagrams_to_send()``, ``next_event()`` and
+``get_timer()``. It never touches a socket or the clock, so tests run it on
+virtual time (Timer B at 64*T1 is checked without sleeping).
+
+Choices the RFC leaves open, written down here:
+- UDP only (reliable-transport timer shortcuts are not needed yet).
+- The INVITE server transaction sends 100 Trying at once (§17.2.1 allows it and
+  our TU starts a JS task that may take longer than 200 ms to respond).
+- RFC 6026's Accepted state is used on both sides: the server transaction
+  retransmits its 2xx (Timer G doubling to T2, as §13.3.1.4 asks of the UAS
+  core) until the ACK arrives, absorbs INVITE retransmissions until Timer L,
+  and reports ``AckTimedOut`` so the TU can send BYE. The client side passes
+  retransmitted 2xx to the TU until Timer M so it can re-ACK.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import logging
+import os
+from collections import deque
+
+from .events import (
+    AckReceived,
+    AckTimedOut,
+    RequestReceived,
+    ResponseReceived,
+    SipEvent,
+    TransactionTimedOut,
+)
+from .message import MAGIC_COOKIE, SipRequest, SipResponse, make_response
+
+logger = logging.getLogger(__name__)
+
+T1 = 0.5
+T2 = 4.0
+T4 = 5.0
+
+Addr = tuple[str, int]
+
+
+class TransactionError(RuntimeError):
+    """The TU asked for something the transaction's state does not allow."""
+
+
+_branch_prefix = MAGIC_COOKIE + os.urandom(4).hex()
+_branch_counter = itertools.count(1)
+
+
+def new_branch() -> str:
+    """A branch unique in space and time (§8.1.1.7): random per process plus a counter."""
+    return f"{_branch_prefix}.{next(_branch_counter)}"
+
+
+class State(enum.Enum):
+    TRYING = "Trying"
+    CALLING = "Calling"
+    PROCEEDING = "Proceeding"
+    ACCEPTED = "Accepted"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    TERMINATED = "Terminated"
+
+
+class Transaction:
+    """What all four machines share: identity, state with a transition table, timers."""
+
+    TRANSITIONS: dict[State, frozenset[State]] = {}
+    kind = "transaction"
+
+    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+                 state: State) -> None:
+        self.layer = layer
+        self.key = key
+        self.request = request
+        self.addr = addr
+        self.state = state
+        self.timers: dict[str, float] = {}
+
+    def _set_state(self, new: State) -> None:
+        if new not in self.TRANSITIONS[self.state]:
+            raise TransactionError(f"{self.kind}: illegal transition {self.state.value} -> {new.value}")
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s %s: %s -> %s", self.kind, self.request.method, self.key[0],
+                         self.state.value, new.value)
+        self.state = new
+        if new is State.TERMINATED:
+            self.timers.clear()
+            self.layer._forget(self)
+
+    def _start_timer(self, name: str, delay: float, now: float) -> None:
+        deadline = now + delay
+        self.timers[name] = deadline
+        self.layer._schedule(deadline, self, name)
+
+    def _stop_timer(self, name: str) -> None:
+        self.timers.pop(name, None)
+
+    def on_timer(self, name: str, now: float) -> None:
+        raise NotImplementedError
+
+    def _send(self, msg: SipRequest | SipResponse) -> None:
+        self.layer._out.append((bytes(msg), self.addr))
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is State.TERMINATED
+
+
+# --------------------------------------------------------------------------- server side
+class ServerTransaction(Transaction):
+    last_response: SipResponse | None = None
+
+    def send_response(self, response: SipResponse, now: float) -> None:
+        raise NotImplementedError
+
+    def receive_retransmission(self, now: float) -> None:
+        raise NotImplementedError
+
+
+class InviteServerTransaction(ServerTransaction):
+    """RFC 3261 §17.2.1 with RFC 6026's Accepted state."""
+
+    kind = "IST"
+    TRANSITIONS = {
+        State.PROCEEDING: frozenset((State.ACCEPTED, State.COMPLETED, State.TERMINATED)),
+        State.ACCEPTED: frozenset((State.TERMINATED,)),
+        State.COMPLETED: frozenset((State.CONFIRMED, State.TERMINATED)),
+        State.CONFIRMED: frozenset((State.TERMINATED,)),
+        State.TERMINATED: frozenset(),
+    }
+
+    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+                 now: float) -> None:
+        super().__init__(layer, key, request, addr, State.PROCEEDING)
+        self.acked = False
+        self._interval = layer.t1
+        self.last_response = make_response(request, 100)
+        self._send(self.last_response)
+
+    @property
+    def answered(self) -> bool:
+        """A final response has been sent."""
+        return self.state is not State.PROCEEDING
+
+    def send_response(self, response: SipResponse, now: float) -> None:
+        status = response.status
+        if self.state is not State.PROCEEDING:
+            if self.state is State.ACCEPTED and 200 <= status < 300:
+                return  # the 2xx is already being retransmitted by us
+            raise TransactionError(f"IST: cannot send {status} in state {self.state.value}")
+        self.last_response = response
+        self._send(response)
+        if status < 200:
+            return
+        self._interval = self.layer.t1
+        if status < 300:
+            self._set_state(State.ACCEPTED)
+            self._start_timer("G", self._interval, now)  # 2xx retransmission
+            self._start_timer("L", 64 * self.layer.t1, now)
+            self.layer._accepted[(self.request.call_id, self.request.cseq.number)] = self
+        else:
+            self._set_state(State.COMPLETED)
+            self._start_timer("G", self._interval, now)
+            self._start_timer("H", 64 * self.layer.t1, now)
+
+    def receive_retransmission(self, now: float) -> None:
+        # §17.2.1: resend the last provisional or the final; Accepted/Confirmed absorb it.
+        if self.state in (State.PROCEEDING, State.COMPLETED) and self.last_response is not None:
+            self._send(self.last_response)
+
+    def receive_ack(self, request: SipRequest, now: float) -> bool:
+        """An ACK matched this transaction. Returns True when it ACKs a 2xx (the TU's)."""
+        if self.state is State.COMPLETED:
+            self._stop_timer("G")
+            self._stop_timer("H")
+            self._set_state(State.CONFIRMED)
+            self._start_timer("I", self.layer.t4, now)
+            return False
+        if self.state is State.ACCEPTED and not self.acked:
+            self.acked = True
+            self._stop_timer("G")
+            self.layer._accepted.pop((self.request.call_id, self.request.cseq.number), None)
+            return True
+        return False
+
+    def on_timer(self, name: str, now: float) -> None:
+        if name == "G":
+            assert self.last_response is not None
+            self._send(self.last_response)
+            self._interval = min(2 * self._interval, self.layer.t2)
+            self._start_timer("G", self._interval, now)
+        elif name == "H":
+            logger.info("no ACK for %d to INVITE %s from %s:%d", self.last_response.status
+                        if self.last_response else 0, self.request.call_id, *self.addr)
+            self._set_state(State.TERMINATED)
+        elif name == "L":
+            self.layer._accepted.pop((self.request.call_id, self.request.cseq.number), None)
+            self._set_state(State.TERMINATED)
+            if not self.acked:
+                self.layer._events.append(AckTimedOut(self))
+        elif name == "I":
+            self._set_state(State.TERMINATED)
+
+
+class NonInviteServerTransaction(ServerTransaction):
+    """RFC 3261 §17.2.2."""
+
+    kind = "NIST"
+    TRANSITIONS = {
+        State.TRYING: frozenset((State.PROCEEDING, State.COMPLETED, State.TERMINATED)),
+        State.PROCEEDING: frozenset((State.COMPLETED, State.TERMINATED)),
+        State.COMPLETED: frozenset((State.TERMINATED,)),
+        State.TERMINATED: frozenset(),
+    }
+
+    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+                 now: float) -> None:
+        super().__init__(layer, key, request, addr, State.TRYING)
+
+    @property
+    def answered(self) -> bool:
+        return self.state in (State.COMPLETED, State.TERMINATED)
+
+    def send_response(self, response: SipResponse, now: float) -> None:
+        if self.state not in (State.TRYING, State.PROCEEDING):
+            raise TransactionError(f"NIST: cannot send {response.status} in {self.state.value}")
+        self.last_response = response
+        self._send(response)
+        if response.status < 200:
+            if self.state is State.TRYING:
+                self._set_state(State.PROCEEDING)
+        else:
+            self._set_state(State.COMPLETED)
+            self._start_timer("J", 64 * self.layer.t1, now)
+
+    def receive_retransmission(self, now: float) -> None:
+        if self.state is not State.TRYING and self.last_response is not None:
+            self._send(self.last_response)
+
+    def on_timer(self, name: str, now: float) -> None:
+        if name == "J":
+            self._set_state(State.TERMINATED)
+
+
+# --------------------------------------------------------------------------- client side
+class ClientTransaction(Transaction):
+    last_response: SipResponse | None = None
+
+    def receive_response(self, response: SipResponse, now: float) -> None:
+        raise NotImplementedError
+
+
+class InviteClientTransaction(ClientTransaction):
+    """RFC 3261 §17.1.1 with RFC 6026's Accepted state."""
+
+    kind = "ICT"
+    TRANSITIONS = {
+        State.CALLING: frozenset((State.PROCEEDING, State.ACCEPTED, State.COMPLETED, State.TERMINATED)),
+        State.PROCEEDING: frozenset((State.ACCEPTED, State.COMPLETED, State.TERMINATED)),
+        State.ACCEPTED: frozenset((State.TERMINATED,)),
+        State.COMPLETED: frozenset((State.TERMINATED,)),
+        State.TERMINATED: frozenset(),
+    }
+
+    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+                 now: float) -> None:
+        super().__init__(layer, key, request, addr, State.CALLING)
+        self._interval = layer.t1
+        self._ack: bytes | None = None
+        self._send(request)
+        self._start_timer("A", self._interval, now)
+        self._start_timer("B", 64 * layer.t1, now)
+
+    def receive_response(self, response: SipResponse, now: float) -> None:
+        status = response.status
+        state = self.state
+        if state in (State.CALLING, State.PROCEEDING):
+            self.last_response = response
+            if status < 200:
+                if state is State.CALLING:
+                    self._stop_timer("A")
+                    self._stop_timer("B")
+                    self._set_state(State.PROCEEDING)
+            elif status < 300:
+                self._stop_timer("A")
+                self._stop_timer("B")
+                self._set_state(State.ACCEPTED)
+                self._start_timer("M", 64 * self.layer.t1, now)
+            else:
+                self._stop_timer("A")
+                self._stop_timer("B")
+                self._set_state(State.COMPLETED)
+                self._ack = bytes(make_ack_for_failure(self.request, response))
+                self.layer._out.append((self._ack, self.addr))
+                self._start_timer("D", 32.0, now)
+            self.layer._events.append(ResponseReceived(self, response))
+        elif state is State.ACCEPTED and 200 <= status < 300:
+            self.layer._events.append(ResponseReceived(self, response))  # TU re-ACKs
+        elif state is State.COMPLETED and status >= 300 and self._ack is not None:
+            self.layer._out.append((self._ack, self.addr))  # §17.1.1.2: ACK again, no event
+
+    def on_timer(self, name: str, now: float) -> None:
+        if name == "A":
+            self._send(self.request)
+            self._interval *= 2
+            self._start_timer("A", self._interval, now)
+        elif name == "B":
+            self._stop_timer("A")
+            self._set_state(State.TERMINATED)
+            self.layer._events.append(TransactionTimedOut(self))
+        elif name in ("D", "M"):
+            self._set_state(State.TERMINATED)
+
+
+class NonInviteClientTransaction(ClientTransaction):
+    """RFC 3261 §17.1.2."""
+
+    kind = "NICT"
+    TRANSITIONS = {
+        State.TRYING: frozenset((State.PROCEEDING, State.COMPLETED, State.TERMINATED)),
+        State.PROCEEDING: frozenset((State.COMPLETED, State.TERMINATED)),
+        State.COMPLETED: frozenset((State.TERMINATED,)),
+        State.TERMINATED: frozenset(),
+    }
+
+    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+                 now: float) -> None:
+        super().__init__(layer, key, request, addr, State.TRYING)
+        self._interval = layer.t1
+        self._send(request)
+        self._start_timer("E", self._interval, now)
+        self._start_timer("F", 64 * layer.t1, now)
+
+    def receive_response(self, response: SipResponse, now: float) -> None:
+        if self.state not in (State.TRYING, State.PROCEEDING):
+            return  # Completed absorbs retransmitted finals
+        self.last_response = response
+        if response.status < 200:
+            if self.state is State.TRYING:
+                self._set_state(State.PROCEEDING)
+        else:
+            self._stop_timer("E")
+            self._stop_timer("F")
+            self._set_state(State.COMPLETED)
+            self._start_timer("K", self.layer.t4, now)
+        self.layer._events.append(ResponseReceived(self, response))
+
+    def on_timer(self, name: str, now: float) -> None:
+        if name == "E":
+            self._send(self.request)
+            if self.state is State.PROCEEDING:
+                self._interval = self.layer.t2
+            else:
+                self._interval = min(2 * self._interval, self.layer.t2)
+            self._start_timer("E", self._interval, now)
+        elif name == "F":
+            self._stop_timer("E")
+            self._set_state(State.TERMINATED)
+            self.layer._events.append(TransactionTimedOut(self))
+        elif name == "K":
+            self._set_state(State.TERMINATED)
+
+
+def make_ack_for_failure(invite: SipRequest, response: SipResponse) -> SipRequest:
+    """§17.1.1.3: the ACK for a non-2xx final reuses the INVITE's branch and Route set."""
+    headers: dict[str, list[str]] = {
+        "via": [invite.headers["via"][0]],
+        "from": list(invite.headers["from"]),
+        "to": list(response.headers["to"]),
+        "call-id": list(invite.headers["call-id"]),
+        "cseq": [f"{invite.cseq.number} ACK"],
+        "max-forwards": ["70"],
+    }
+    if "route" in invite.headers:
+        headers["route"] = list(invite.headers["route"])
+    return SipRequest("ACK", invite.uri, headers)
+
+
+def make_cancel(invite: SipRequest) -> SipRequest:
+    """§9.1: CANCEL copies the INVITE's Request-URI, top Via, From, To, Call-ID, Route."""
+    headers: dict[str, list[str]] = {
+        "via": [invite.headers["via"][0]],
+        "from": list(invite.headers["from"]),
+        "to": list(invite.headers["to"]),
+        "call-id": list(invite.headers["call-id"]),
+        "cseq": [f"{invite.cseq.number} CANCEL"],
+        "max-forwards": ["70"],
+    }
+    if "route" in invite.headers:
+        headers["route"] = list(invite.headers["route"])
+    return SipRequest("CANCEL", invite.uri, headers)
+
+
+# --------------------------------------------------------------------------- the layer
+class TransactionLayer:
+    """Matches messages to transactions (§17.1.3, §17.2.3) and owns every timer."""
+
+    def __init__(self, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
+        self.t1, self.t2, self.t4 = t1, t2, t4
+        self._server: dict[tuple, ServerTransaction] = {}
+        self._client: dict[tuple, ClientTransaction] = {}
+        self._accepted: dict[tuple[str, int], InviteServerTransaction] = {}
+        self._timers: list[tuple[float, int, Transaction, str]] = []
+        self._seq = itertools.count()
+        self._out: list[tuple[bytes, Addr]] = []
+        self._events: deque[SipEvent] = deque()
+
+    # ---- outputs
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> SipEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        timers = self._timers
+        while timers:
+            deadline, _, txn, name = timers[0]
+            if txn.timers.get(name) == deadline:
+                return deadline
+            heapq.heappop(timers)  # stale: stopped or re-armed
+        return None
+
+    def __len__(self) -> int:
+        return len(self._server) + len(self._client)
+
+    # ---- inputs
+    def handle_timer(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, txn, name = heapq.heappop(timers)
+            if txn.timers.get(name) != deadline:
+                continue
+            del txn.timers[name]
+            txn.on_timer(name, now)
+
+    def receive(self, msg: SipRequest | SipResponse, addr: Addr, now: float) -> None:
+        """A parsed, validated message from ``addr``."""
+        if isinstance(msg, SipResponse):
+            self._receive_response(msg, now)
+        else:
+            self._receive_request(msg, addr, now)
+
+    def send_response(self, txn: ServerTransaction, response: SipResponse, now: float) -> None:
+        txn.send_response(response, now)
+
+    def send_request(self, request: SipRequest, addr: Addr, now: float) -> ClientTransaction:
+        """Start a client transaction; ``request`` must carry its Via with a fresh branch."""
+        key = (request.via.branch, request.cseq.method)
+        cls = InviteClientTransaction if request.method == "INVITE" else NonInviteClientTransaction
+        txn = cls(self, key, request, addr, now)
+        self._client[key] = txn
+        return txn
+
+    def send_stateless(self, msg: SipRequest | SipResponse, addr: Addr) -> None:
+        """Outside any transaction: the ACK for a 2xx, or a stateless error response."""
+        self._out.append((bytes(msg), addr))
+
+    def find_invite(self, cancel: SipRequest) -> InviteServerTransaction | None:
+        """The INVITE transaction a CANCEL targets (§9.2: same key, method INVITE)."""
+        txn = self._server.get(self._server_key(cancel, "INVITE"))
+        return txn if isinstance(txn, InviteServerTransaction) else None
+
+    # ---- internals
+    def _receive_request(self, request: SipRequest, addr: Addr, now: float) -> None:
+        stamp_via(request, addr)
+        method = request.method
+        key = self._server_key(request, "INVITE" if method == "ACK" else method)
+        txn = self._server.get(key)
+        if method == "ACK":
+            if isinstance(txn, InviteServerTransaction):
+                if txn.receive_ack(request, now):
+                    self._events.append(AckReceived(request, addr))
+                return
+            accepted = self._accepted.get((request.call_id, request.cseq.number))
+            if accepted is not None:
+                accepted.receive_ack(request, now)
+            self._events.append(AckReceived(request, addr))
+            return
+        if txn is not None:
+            txn.receive_retransmission(now)
+            return
+        dest = response_address(request, addr)
+        if method == "INVITE":
+            txn = InviteServerTransaction(self, key, request, dest, now)
+        else:
+            txn = NonInviteServerTransaction(self, key, request, dest, now)
+        self._server[key] = txn
+        self._events.append(RequestReceived(txn, request))
+
+    def _receive_response(self, response: SipResponse, now: float) -> None:
+        txn = self._client.get((response.via.branch, response.cseq.method))
+        if txn is None:
+            logger.debug("stray response %d %s dropped", response.status, response.call_id)
+            return
+        txn.receive_response(response, now)
+
+    @staticmethod
+    def _server_key(request: SipRequest, method: str) -> tuple:
+        via = request.via
+        branch = via.branch
+        if branch and branch.startswith(MAGIC_COOKIE):
+            return (branch, via.sent_by, method)
+        # §17.2.3: RFC 2543 peers have no magic cookie; match on the request's identity.
+        return ("2543", request.call_id, request.from_tag, request.cseq.number, via.sent_by,
+                branch, method)
+
+    def _schedule(self, deadline: float, txn: Transaction, name: str) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._seq), txn, name))
+
+    def _forget(self, txn: Transaction) -> None:
+        table: dict = self._client if isinstance(txn, ClientTransaction) else self._server
+        if table.get(txn.key) is txn:
+            del table[txn.key]
+
+
+def stamp_via(request: SipRequest, addr: Addr) -> None:
+    """§18.2.1 and RFC 3581: note where the request really came from in its top Via."""
+    via = request.via
+    changed = False
+    if via.host != addr[0]:
+        via.params["received"] = addr[0]
+        changed = True
+    if "rport" in via.params and via.params["rport"] is None:
+        via.params["rport"] = str(addr[1])
+        changed = True
+    if changed:
+        request.headers["via"][0] = str(via)
+
+
+def response_address(request: SipRequest, addr: Addr) -> Addr:
+    """§18.2.2 with RFC 3581: received/rport if present, else the Via's sent-by."""
+    via = request.via
+    host = via.params.get("received") or via.host
+    rport = via.params.get("rport")
+    if rport:
+        return (host, int(rport))
+    return (host, via.port or 5060)
+

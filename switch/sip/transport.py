@@ -1,0 +1,165 @@
+"""The asyncio adapter of the sans-I/O SIP core: moves datagrams and re-arms one timer.
+
+Everything protocol-related lives in ``message``/``transaction``/``dialog``; this
+module only reads the socket, feeds the ``TransactionLayer``, hands its events to
+the transaction user (the call engine), writes what it wants sent, and keeps a
+single ``loop.call_at`` pointed at its earliest deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from .events import SipEvent
+from .message import SipParseError, SipRequest, SipResponse, make_response, parse_message
+from .transaction import ClientTransaction, ServerTransaction, TransactionLayer, response_address
+
+logger = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+
+# Bad datagrams are logged at most once per source per this many seconds (a flood
+# of garbage must not become a flood of log lines).
+_BAD_LOG_INTERVAL = 60.0
+
+
+class TransactionUser(Protocol):
+    def handle_sip_event(self, event: SipEvent) -> None: ...
+
+
+class SipTransport(asyncio.DatagramProtocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop, layer: TransactionLayer | None = None) -> None:
+        self.loop = loop
+        self.layer = layer or TransactionLayer()
+        self.user: TransactionUser | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local_addr: Addr = ("0.0.0.0", 0)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._dispatching = False
+        self._bad_sources: dict[str, tuple[float, int]] = {}
+        self.bad_datagrams = 0
+
+    async def listen(self, host: str, port: int) -> None:
+        transport, _ = await self.loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self.transport = transport  # type: ignore[assignment]
+        sock_host, sock_port = transport.get_extra_info("sockname")[:2]
+        self.local_addr = (sock_host, sock_port)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- asyncio callbacks
+    def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
+        if len(data) <= 4 and not data.strip():
+            return  # RFC 5626 CRLF keepalive
+        try:
+            msg = parse_message(data)
+            msg.validate()
+        except (SipParseError, ValueError) as exc:
+            self._bad_datagram(data, addr, str(exc))
+            return
+        self.layer.receive(msg, addr[:2], self.loop.time())
+        self._service()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable etc.: UDP gives no reliable way to map it to a
+        # transaction, so the transaction timers decide (Timer B/F -> 408).
+        logger.debug("SIP socket error: %s", exc)
+
+    # ---- what the transaction user calls
+    def send_response(self, txn: ServerTransaction, response: SipResponse) -> None:
+        self.layer.send_response(txn, response, self.loop.time())
+        self._service()
+
+    def send_request(self, request: SipRequest, addr: Addr) -> ClientTransaction:
+        txn = self.layer.send_request(request, addr, self.loop.time())
+        self._service()
+        return txn
+
+    def send_stateless(self, msg: SipRequest | SipResponse, addr: Addr) -> None:
+        self.layer.send_stateless(msg, addr)
+        self._service()
+
+    # ---- internals
+    def _service(self) -> None:
+        """Deliver events, flush datagrams, re-arm the timer. Re-entrant calls from
+        the TU (answering inside an event handler) are folded into the outer pass."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            layer = self.layer
+            user = self.user
+            while (event := layer.next_event()) is not None:
+                if user is None:
+                    continue
+                try:
+                    user.handle_sip_event(event)
+                except Exception:  # one bad call must never stop SIP processing
+                    logger.exception("error handling %s", type(event).__name__)
+            self._flush()
+        finally:
+            self._dispatching = False
+        self._arm_timer()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        for data, addr in self.layer.datagrams_to_send():
+            if transport is not None:
+                try:
+                    transport.sendto(data, addr)
+                except (OSError, ValueError) as exc:
+                    logger.warning("cannot send to %s:%s: %s", addr[0], addr[1], exc)
+
+    def _arm_timer(self) -> None:
+        deadline = self.layer.get_timer()
+        if deadline == self._timer_deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        self.layer.handle_timer(self.loop.time())
+        self._service()
+
+    def _bad_datagram(self, data: bytes, addr: Addr, reason: str) -> None:
+        """Answer 400 when the request is complete enough to answer, else drop; log once."""
+        self.bad_datagrams += 1
+        now = time.monotonic()
+        host = addr[0]
+        last, suppressed = self._bad_sources.get(host, (0.0, 0))
+        if now - last >= _BAD_LOG_INTERVAL:
+            more = f" ({suppressed} more since last report)" if suppressed else ""
+            logger.warning("bad SIP datagram from %s:%d (%d bytes): %s%s", host, addr[1], len(data),
+                           reason, more)
+            self._bad_sources[host] = (now, 0)
+            if len(self._bad_sources) > 10000:
+                self._bad_sources.clear()
+        else:
+            self._bad_sources[host] = (last, suppressed + 1)
+        try:
+            msg = parse_message(data)
+        except SipParseError:
+            return  # not even a message: nothing we could address a 400 to
+        if not isinstance(msg, SipRequest) or msg.method == "ACK":
+            return  # never answer a response or an ACK (RFC 3261 §17)
+        try:
+            msg.via  # noqa: B018 - the 400 needs a Via to go back along
+            response = make_response(msg, 400, f"Bad Request ({reason})"[:120])
+            dest = response_address(msg, addr[:2])
+        except ValueError:
+            return
+        self.send_stateless(response, dest)
