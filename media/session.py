@@ -11,6 +11,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -149,15 +150,19 @@ class MediaSession:
         log_prefix: str,
     ) -> MediaSession:
         """Bind a UDP socket on the next free pool port (skipping ports taken by others)."""
+        family = socket.AF_INET6 if ":" in bind_ip else socket.AF_INET
         busy: list[int] = []  # held until we are done, so allocate() moves past them
         try:
             for _ in range(min(ports.capacity, _MAX_BIND_ATTEMPTS)):
                 port = ports.allocate()  # raises NoRtpPorts when the pool is exhausted
+                # We bind the socket ourselves: uvloop's create_datagram_endpoint wraps
+                # EADDRINUSE in an OSError without errno, so we could not tell it apart.
+                sock = socket.socket(family, socket.SOCK_DGRAM)
                 try:
-                    transport, protocol = await loop.create_datagram_endpoint(
-                        _RtpProtocol, local_addr=(bind_ip, port)
-                    )
+                    sock.setblocking(False)
+                    sock.bind((bind_ip, port))
                 except OSError as exc:
+                    sock.close()
                     if exc.errno != errno.EADDRINUSE:
                         ports.release(port)
                         raise
@@ -165,6 +170,14 @@ class MediaSession:
                                    log_prefix, port)
                     busy.append(port)
                     continue
+                try:
+                    transport, protocol = await loop.create_datagram_endpoint(
+                        _RtpProtocol, sock=sock
+                    )
+                except BaseException:
+                    sock.close()
+                    ports.release(port)
+                    raise
                 session = cls(loop, transport, port, ports, clock, log_prefix)  # type: ignore[arg-type]
                 protocol.session = session
                 logger.debug("%s RTP bound on %s:%d", log_prefix, bind_ip, port)
