@@ -163,6 +163,23 @@ def test_clock_discard_during_tick_and_readd():
     assert victim.calls == [1]
 
 
+def test_clock_add_from_inside_a_tick_arms_one_timer():
+    loop = FakeLoop()
+    clock = MediaClock(loop)  # type: ignore[arg-type]
+    later = Recorder()
+
+    class Spawner:
+        def tick(self, frames, now):
+            clock.add(later)  # e.g. a finished playback starting the next one
+            return False
+
+    clock.add(Spawner())
+    loop.fire()
+    assert len(loop.pending()) == 1  # loop.fire() would fail on two armed timers
+    loop.fire()
+    assert later.calls == [1]
+
+
 def test_clock_on_real_loop():
     async def main():
         clock = MediaClock(asyncio.get_running_loop())
