@@ -49,12 +49,13 @@ def free_udp_port(host: str = LOCALHOST) -> int:
         return int(s.getsockname()[1])
 
 
-def free_rtp_range(size: int = 200, host: str = LOCALHOST) -> tuple[int, int]:
+def free_rtp_range(size: int = 200, host: str = LOCALHOST, lowest: int = 20000,
+                   highest: int = 32000) -> tuple[int, int]:  # fmt: skip
     """An even-based block of `size` UDP ports, all free now, below the ephemeral range
     (Linux: 32768+) so free_udp_port() picks can never land inside it."""
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(50):
-        low = rng.randrange(20000, 32000 - size, 2)
+        low = rng.randrange(lowest, highest - size, 2)
         socks: list[socket.socket] = []
         try:
             for port in range(low, low + size):
@@ -68,6 +69,12 @@ def free_rtp_range(size: int = 200, host: str = LOCALHOST) -> tuple[int, int]:
                 s.close()
         return low, low + size - 1
     raise RuntimeError("no free RTP port range found")
+
+
+def sipp_media_port() -> int:
+    """For SIPp's -mp: it binds N, N+1 (RTCP), N+2 and N+3 (video), so find 4 free ones
+    (in 10000-20000: apart from the switches' RTP ranges and the ephemeral range)."""
+    return free_rtp_range(4, lowest=10000, highest=20000)[0]
 
 
 # --------------------------------------------------------------------------- raw SIP
@@ -260,6 +267,8 @@ class SwitchProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
+                self.returncode = self.proc.returncode
+                self._close_log()
                 raise AssertionError(
                     f"switch exited with {self.proc.returncode} before answering OPTIONS\n"
                     + self.log_tail()
@@ -267,6 +276,7 @@ class SwitchProcess:
             if options_ping(self.sip_addr, timeout=0.25) == 200:
                 return
         self.kill()
+        self.returncode = -9
         raise AssertionError(f"switch not ready (no 200 to OPTIONS) in {self.ready_timeout}s\n"
                              + self.log_tail())
 
@@ -425,6 +435,7 @@ class SippResult:
     error_path: Path = field(default_factory=Path)
     screen_path: Path = field(default_factory=Path)
     stat_path: Path = field(default_factory=Path)
+    stdout_path: Path = field(default_factory=Path)
 
     @property
     def ok(self) -> bool:
@@ -470,6 +481,7 @@ class SippResult:
             f"sipp {self.scenario}: rc={self.returncode} created={self.created} "
             f"ok={self.successful} failed={self.failed}\n"
             f"--- sipp errors ---\n{self.errors_text()[-2000:]}\n"
+            f"--- sipp output (tail) ---\n{_read(self.stdout_path)[-1500:]}\n"
             f"--- sipp messages ---\n{msgs}"
         )
 
@@ -530,7 +542,7 @@ class SippRun:
             scen_args = ["-sf", str(scenario_path(scenario))]
         cmd = [SIPP, target, *scen_args,
                "-i", LOCALHOST, "-mi", LOCALHOST,
-               "-p", str(free_udp_port()), "-mp", str(free_udp_port()),
+               "-p", str(free_udp_port()), "-mp", str(sipp_media_port()),
                "-s", service, "-m", str(calls), "-nostdin",
                "-timeout", f"{timeout}s", "-timeout_error",
                "-max_retrans", "5",
@@ -561,7 +573,7 @@ class SippRun:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             rc = self.proc.wait(5)
         self._out.close()
-        res = SippResult(rc, self.scenario, self.workdir, **self.paths)
+        res = SippResult(rc, self.scenario, self.workdir, stdout_path=self.stdout_path, **self.paths)
         _fill_counts(res)
         return res
 
