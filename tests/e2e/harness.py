@@ -238,9 +238,12 @@ class SwitchProcess:
         return f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        """`python -m switch.cli run ...`; E2E_SWITCH_CMD (e.g. "softswitch run") replaces
+        the part before the flags, to test an installed build."""
         lo, hi = self.rtp_range
+        prefix = os.environ.get("E2E_SWITCH_CMD")
         return [
-            sys.executable, "-m", "switch.cli", "run",
+            *(prefix.split() if prefix else [sys.executable, "-m", "switch.cli", "run"]),
             "--listen", f"{self.host}:{self.port}",
             "--rtp-ports", f"{lo}-{hi}",
             "--app", str(self.app_dir),
@@ -942,3 +945,98 @@ def rtp_sink() -> Iterator[RtpSink]:
         yield s
     finally:
         s.stop()
+
+
+# --------------------------------------------------------------------------- a raw caller
+
+
+class RawCall:
+    """A minimal UAC over a bare socket, for what a SIPp scenario cannot do mid-call
+    (e.g. learn the switch's media port, then send RTP there from another socket)."""
+
+    def __init__(self, target: tuple[str, int], sdp_port: int, *, user: str = "service",
+                 pts: str = "0 101") -> None:  # fmt: skip
+        self.target = target
+        self.sock = SipSocket()
+        self.call_id = uuid.uuid4().hex + "@" + LOCALHOST
+        self.from_tag = uuid.uuid4().hex[:8]
+        self.branch = "z9hG4bK-" + uuid.uuid4().hex[:16]
+        self.user = user
+        self.sdp = sdp_offer(sdp_port, pts)
+        self.final: SipMessage | None = None
+        self.cseq = 1
+
+    def _headers(self, method: str, cseq: int, branch: str, to_tag: str | None) -> list[str]:
+        lh, lp = self.sock.addr
+        h, p = self.target
+        to = f"<sip:{self.user}@{h}:{p}>" + (f";tag={to_tag}" if to_tag else "")
+        return [
+            f"Via: SIP/2.0/UDP {lh}:{lp};branch={branch};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:e2e@{lh}:{lp}>;tag={self.from_tag}",
+            f"To: {to}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq} {method}",
+            f"Contact: <sip:e2e@{lh}:{lp}>",
+        ]
+
+    def _send(self, method: str, ruri: str, cseq: int, branch: str, to_tag: str | None,
+              body: str = "") -> None:  # fmt: skip
+        lines = [f"{method} {ruri} SIP/2.0", *self._headers(method, cseq, branch, to_tag)]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body.encode())}")
+        self.sock.send(("\r\n".join(lines) + "\r\n\r\n" + body).encode(), self.target)
+
+    @staticmethod
+    def _msg(data: bytes) -> SipMessage:
+        return SipMessage("received", time.time(), data.decode(errors="replace").replace("\r\n", "\n"))
+
+    def invite(self, timeout: float = 5.0) -> SipMessage:
+        h, p = self.target
+        self._send("INVITE", f"sip:{self.user}@{h}:{p}", 1, self.branch, None, self.sdp)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for data in self.sock.recv_all(deadline - time.monotonic()):
+                m = self._msg(data)
+                if m.status is not None and m.status >= 200:
+                    self.final = m
+                    return m
+        raise AssertionError("no final response to the INVITE")
+
+    @property
+    def remote_target(self) -> str:
+        assert self.final is not None
+        contact = self.final.header("Contact") or ""
+        m = re.search(r"<([^>]+)>", contact)
+        return m.group(1) if m else contact.split(";")[0]
+
+    def ack(self) -> None:
+        assert self.final is not None and self.final.status == 200
+        self._send("ACK", self.remote_target, 1, "z9hG4bK-" + uuid.uuid4().hex[:16],
+                   self.final.to_tag)  # fmt: skip
+
+    def bye(self, timeout: float = 3.0) -> int | None:
+        assert self.final is not None
+        self.cseq += 1
+        self._send("BYE", self.remote_target, self.cseq, "z9hG4bK-" + uuid.uuid4().hex[:16],
+                   self.final.to_tag)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for data in self.sock.recv_all(deadline - time.monotonic()):
+                m = self._msg(data)
+                if m.status is not None and m.status >= 200 and m.method == "BYE":
+                    return m.status
+        return None
+
+    def media_addr(self) -> tuple[str, int]:
+        """The switch's RTP address from its answer."""
+        assert self.final is not None
+        body = self.final.body
+        c = re.search(r"^c=IN IP4 (\S+)", body, re.M)
+        m = re.search(r"^m=audio (\d+)", body, re.M)
+        assert c and m, f"no c=/m= in\n{body}"
+        return c.group(1), int(m.group(1))
+
+    def close(self) -> None:
+        self.sock.close()

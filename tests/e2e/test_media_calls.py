@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
-from .harness import JS_APPS, RtpSink, SippResult, wav_duration
+from .harness import JS_APPS, RawCall, RtpSink, SippResult, wav_duration
 
 pytestmark = pytest.mark.e2e
 
@@ -176,3 +177,25 @@ def test_main_returning_after_answer_gets_bye(switch, rtp_sink: RtpSink, sipp):
     ack = res.sent("ACK")[0].time
     bye = res.received("BYE")[0].time
     assert bye >= ack - 0.005, "RFC 3261: our BYE must wait for the caller's ACK"
+
+
+def test_symmetric_rtp_latches_to_the_source_address(switch, rtp_sink: RtpSink):
+    """DESIGN §3: symmetric RTP. The SDP says one port; the caller's RTP comes from
+    another (a NAT): the switch must send to where the caller's RTP comes from."""
+    sw = switch("hold_then_continue")
+    with RtpSink() as real:
+        call = RawCall(sw.sip_addr, rtp_sink.port)
+        try:
+            final = call.invite()
+            assert final.status == 200, final.text
+            call.ack()
+            assert rtp_sink.wait_for(5, timeout=3), "no RTP to the SDP address"
+            real.send_stream(call.media_addr(), 0.6)
+            n_before = rtp_sink.count()
+            assert real.wait_for(10, timeout=1.0), "the switch did not latch onto our source"
+            time.sleep(0.3)
+            assert rtp_sink.count() - n_before <= 3, "RTP still goes to the SDP address"
+            assert real.ssrcs() == rtp_sink.ssrcs(), "same stream, new destination"
+        finally:
+            call.bye()
+            call.close()
