@@ -142,6 +142,25 @@ def status_of(data: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def ack_for(invite: bytes, response: bytes) -> bytes:
+    """The ACK of a non-2xx final response (RFC 3261 §17.1.1.3): the INVITE's Request-URI,
+    Via (branch), From, Call-ID and CSeq number; To from the response (with its tag)."""
+    req = invite.decode(errors="replace").split("\r\n\r\n", 1)[0].split("\r\n")
+    resp_to = next((line for line in response.decode(errors="replace").split("\r\n")
+                    if line.lower().startswith(("to:", "t:"))), None)  # fmt: skip
+    out = ["ACK " + req[0].split(" ", 2)[1] + " SIP/2.0"]
+    for line in req[1:]:
+        name = line.split(":", 1)[0].strip().lower()
+        if name in ("via", "v", "from", "f", "call-id", "i", "max-forwards"):
+            out.append(line)
+        elif name in ("to", "t"):
+            out.append(resp_to or line)
+        elif name == "cseq":
+            out.append("CSeq: " + line.split(":", 1)[1].split()[0] + " ACK")
+    out.append("Content-Length: 0")
+    return ("\r\n".join(out) + "\r\n\r\n").encode()
+
+
 class SipSocket:
     """A bare UDP socket that sends requests and collects whatever comes back."""
 
