@@ -1,0 +1,510 @@
+"""THE JavaScript API: one export table, Kamailio-KEMI style.
+
+Every script-callable function is one ``JsVerb`` in ``VERBS``. From the table come:
+
+* the QuickJS bindings (``js_bindings()``): for each verb with a Python ``impl`` a hidden
+  callable plus a JS wrapper that checks argument types (``TypeError('PlayFile(url, loop):
+  url must be a string')``) and turns our tagged JSON result into a value or a JS ``Error``;
+  verbs with a ``js`` body (the event predicates) are pure JS and never cross into Python;
+* ``docs/js-api.md`` (``python -m switch.tasks.api --markdown``);
+* ``docs/softswitch.d.ts`` (``python -m switch.tasks.api --dts``).
+
+A unit test fails if the committed docs drift from the table. Adding a verb is one entry
+here plus its ``impl(task, *args)``; the impl may return a value (JSON-able), an awaitable
+(the task blocks on it), or raise ``CallError`` (the script gets ``Error('<Verb>: msg')``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import events
+
+if TYPE_CHECKING:
+    from .runtime import Task
+
+
+class ScriptTypeError(Exception):
+    """A verb was called with a bad value the JS-side checks cannot see; a JS TypeError."""
+
+
+# Parameter types: the JS check, the phrase in the TypeError, and the TypeScript type.
+TYPES: dict[str, tuple[str | None, str, str]] = {
+    "string": ("typeof {v} === 'string'", "a string", "string"),
+    "number": ("typeof {v} === 'number' && {v} === {v}", "a number", "number"),
+    "integer": ("Number.isInteger({v})", "an integer", "number"),
+    "boolean": ("typeof {v} === 'boolean'", "a boolean", "boolean"),
+    "tid": ("Number.isInteger({v})", "a task id (integer)", "number"),
+    "event": ("typeof {v} === 'object'", "an event object", "TaskEvent"),
+    "json": (None, "a JSON value", "JsonValue"),
+    "any": (None, "anything", "unknown"),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    optional: bool = False
+    rest: bool = False  # ...name: every remaining argument, each shown as a string
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise ValueError(f"unknown parameter type {self.type!r}")
+
+
+@dataclass(frozen=True)
+class JsVerb:
+    name: str
+    params: tuple[Param, ...]
+    returns: str  # TypeScript type of the result
+    emits: str | None  # event type the verb may cause, for the docs
+    doc: str
+    impl: Callable[..., Any] | None = None  # impl(task, *args); None for pure-JS verbs
+    js: str | None = None  # body of a pure-JS verb (no Python crossing)
+    section: str = "task"
+    blocking: bool = False  # may suspend the task (for the docs)
+    js_pre: str | None = field(default=None, repr=False)  # extra JS check before crossing
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(('...' if p.rest else '') + p.name for p in self.params)})"
+
+
+SECTIONS = {
+    "task": "Task primitives",
+    "call": "Call control (on the task's own leg)",
+    "bridge": "Bridging",
+    "event": "Event predicates",
+    "log": "Logging",
+}
+
+
+# ---- implementations (task is a runtime.Task) ---------------------------------------
+
+
+def _spawn(task: Task, name: str, param: Any = None) -> int:
+    return task.runtime.start(task.app, name, param, parent=task.tid).tid
+
+
+def _this_task(task: Task) -> int:
+    return task.tid
+
+
+def _parent_task(task: Task) -> int | None:
+    return task.parent
+
+
+def _send_event(task: Task, tid: int, what: str, param: Any = None) -> bool:
+    return task.runtime.post(tid, events.user_event(what, param, task.tid))
+
+
+def _read_input(task: Task, timeout: float | None = None) -> events.Event | None:
+    return task.read_input(timeout)
+
+
+def _pending_request_data(task: Task, name: str) -> str | None:
+    return task.call_leg().request_data(name)
+
+
+def _provision_call(task: Task) -> None:
+    task.call_leg().provision()
+
+
+def _accept_call(task: Task) -> Any:
+    return task.call_leg().accept()
+
+
+def _reject_call(task: Task, code: int, reason: str | None = None) -> None:
+    if not 300 <= code <= 699:
+        raise ScriptTypeError(f"code must be a final error status 300-699, not {code}")
+    task.call_leg().reject(code, reason)
+
+
+def _play_file(task: Task, url: str, loop: bool | None = None) -> Any:
+    return task.call_leg().play_file(url, bool(loop))
+
+
+def _stop_play(task: Task) -> None:
+    task.call_leg().stop_play()
+
+
+def _is_connected(task: Task) -> bool:
+    return task.leg is not None and bool(task.leg.is_connected())
+
+
+def _disconnect(task: Task) -> None:
+    task.call_leg().disconnect()
+
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+def _log(task: Task, *parts: str) -> None:
+    level = "info"
+    if len(parts) > 1 and parts[0] in LOG_LEVELS:
+        level, parts = parts[0], parts[1:]
+    task.script_log(level, " ".join(parts))
+
+
+def _predicate(event_type: str) -> str:
+    return f"return evt !== null && typeof evt === 'object' && evt.type === {json.dumps(event_type)};"
+
+
+_EVT = (Param("evt", "any"),)
+_ET = events.EventType
+
+VERBS: list[JsVerb] = [
+    # -- task primitives
+    JsVerb(
+        "Spawn",
+        (Param("name", "string"), Param("param", "json", optional=True)),
+        "number",
+        None,
+        "Start a new task running app function `name(param)` in its own context "
+        "(same app and version, no call); returns its tid. Throws if the app has no such function.",
+        _spawn,
+        js_pre="if (!__sw.hasEntry(name)) throw new Error('Spawn: no function ' + "
+        "JSON.stringify(name) + ' in the app');",
+    ),
+    JsVerb("ThisTask", (), "number", None, "The tid of this task.", _this_task),
+    JsVerb(
+        "ParentTask",
+        (),
+        "number | null",
+        None,
+        "The tid of the task that spawned this one; `null` for a root task (an inbound call).",
+        _parent_task,
+    ),
+    JsVerb(
+        "SendEvent",
+        (Param("tid", "tid"), Param("what", "string"), Param("param", "json", optional=True)),
+        "boolean",
+        "<what>",
+        "Put the event `{type: what, param, from: ThisTask()}` on task `tid`'s queue; "
+        "`false` if there is no such task.",
+        _send_event,
+    ),
+    JsVerb(
+        "ReadInput",
+        (Param("timeoutSec", "number", optional=True),),
+        "TaskEvent | null",
+        None,
+        "Take the first event from this task's queue, waiting up to `timeoutSec` seconds "
+        "(omitted or `null`: forever); `null` on timeout.",
+        _read_input,
+        blocking=True,
+    ),
+    # -- call control
+    JsVerb(
+        "PendingRequestData",
+        (Param("name", "string"),),
+        "string | null",
+        None,
+        "A header or field of the inbound INVITE: `'To'`, `'From'`, `'Request-URI'`, any header "
+        "name; `null` if absent.",
+        _pending_request_data,
+        section="call",
+    ),
+    JsVerb(
+        "ProvisionCall",
+        (),
+        "void",
+        None,
+        "Send a provisional answer (180 Ringing, or 183 with SDP for early media).",
+        _provision_call,
+        section="call",
+    ),
+    JsVerb(
+        "AcceptCall",
+        (),
+        "void",
+        None,
+        "Answer: 200 OK with our SDP; returns once it is sent, throws if the call is gone.",
+        _accept_call,
+        section="call",
+        blocking=True,
+    ),
+    JsVerb(
+        "RejectCall",
+        (Param("code", "integer"), Param("reason", "string", optional=True)),
+        "void",
+        None,
+        "Refuse an unanswered call with a final status 300-699 (e.g. 486, 404, 503).",
+        _reject_call,
+        section="call",
+    ),
+    JsVerb(
+        "PlayFile",
+        (Param("url", "string"), Param("loop", "boolean", optional=True)),
+        "void",
+        _ET.PLAY_FILE_COMPLETED.value,
+        "Play audio to the caller: a file path inside the app, `file://` or `http(s)://`; WAV, "
+        "MP3, OGG. Returns once playing starts (throws if the file cannot be played); a "
+        "`PlayFileCompleted` event arrives at the end unless `loop`.",
+        _play_file,
+        section="call",
+        blocking=True,
+    ),
+    JsVerb("StopPlay", (), "void", None, "Stop playing.", _stop_play, section="call"),
+    JsVerb(
+        "IsConnected",
+        (),
+        "boolean",
+        None,
+        "The task's leg exists and has not ended (ringing included); `false` for a task "
+        "without a call.",
+        _is_connected,
+        section="call",
+    ),
+    JsVerb(
+        "Disconnect",
+        (),
+        "void",
+        None,
+        "Hang up (BYE; CANCEL or an error response if unanswered).",
+        _disconnect,
+        section="call",
+    ),
+    # -- event predicates (pure JS)
+    JsVerb(
+        "IsDisconnectEvent",
+        _EVT,
+        "boolean",
+        None,
+        "`evt` is a `Disconnect` event (`evt.status`, `evt.reason`).",
+        js=_predicate(_ET.DISCONNECT.value),
+        section="event",
+    ),
+    JsVerb(
+        "IsPlayFileCompletedEvent",
+        _EVT,
+        "boolean",
+        None,
+        "`evt` is a `PlayFileCompleted` event (`evt.url`).",
+        js=_predicate(_ET.PLAY_FILE_COMPLETED.value),
+        section="event",
+    ),
+    JsVerb(
+        "IsCallCompletedEvent",
+        _EVT,
+        "boolean",
+        None,
+        "`evt` is a `CallCompleted` event: the outbound call was answered.",
+        js=_predicate(_ET.CALL_COMPLETED.value),
+        section="event",
+    ),
+    JsVerb(
+        "IsBreakBridgeEvent",
+        _EVT,
+        "boolean",
+        None,
+        "`evt` is a `BreakBridge` event.",
+        js=_predicate(_ET.BREAK_BRIDGE.value),
+        section="event",
+    ),
+    JsVerb(
+        "IsDtmfEvent",
+        _EVT,
+        "boolean",
+        None,
+        "`evt` is a `Dtmf` event (`evt.digit`).",
+        js=_predicate(_ET.DTMF.value),
+        section="event",
+    ),
+    # -- logging
+    JsVerb(
+        "Log",
+        (Param("args", "any", rest=True),),
+        "void",
+        None,
+        "Write to this task's log (prefix `task[tid app]`). If the first of several arguments is "
+        "`'debug'`, `'info'`, `'warn'` or `'error'` it is the level (default info). Non-strings "
+        "are shown as JSON. `console.log/info/warn/error/debug` do the same.",
+        _log,
+        section="log",
+    ),
+]
+
+
+def verb(name: str) -> JsVerb:
+    for v in VERBS:
+        if v.name == name:
+            return v
+    raise KeyError(name)
+
+
+# ---- QuickJS bindings ----------------------------------------------------------------
+
+
+def _js_check(v: JsVerb, p: Param) -> str:
+    check, phrase, _ = TYPES[p.type]
+    if check is None or p.rest:
+        return ""
+    cond = check.format(v=p.name)
+    if p.type == "event":
+        cond = f"{p.name} !== null && {cond}"
+    msg = json.dumps(f"{v.signature}: {p.name} must be {phrase}")
+    if p.optional:
+        return f"  if ({p.name} !== undefined && {p.name} !== null && !({cond})) throw new TypeError({msg});\n"
+    return f"  if (!({cond})) throw new TypeError({msg});\n"
+
+
+def js_binding(v: JsVerb) -> str:
+    """The JS global for one verb. Runs inside the prelude where ``__sw`` is in scope."""
+    names = [p.name for p in v.params if not p.rest]
+    rest = next((p for p in v.params if p.rest), None)
+    out = [f"globalThis.{v.name} = function {v.name}({', '.join(names)}) {{\n"]
+    if v.js is not None:
+        out.append(f"  {v.js}\n}};\n")
+        return "".join(out)
+    for p in v.params:
+        out.append(_js_check(v, p))
+    if v.js_pre:
+        out.append(f"  {v.js_pre}\n")
+    args = ", ".join(f"{n} === undefined ? null : {n}" for n in names)
+    if rest is not None:
+        out.append(f"  var a = [{args}];\n")
+        out.append(f"  for (var i = {len(names)}; i < arguments.length; i++) a.push(__sw.show(arguments[i]));\n")
+        out.append(f"  return __sw.call({json.dumps(v.name)}, a);\n}};\n")
+    else:
+        out.append(f"  return __sw.call({json.dumps(v.name)}, [{args}]);\n}};\n")
+    return "".join(out)
+
+
+def python_verbs() -> list[JsVerb]:
+    return [v for v in VERBS if v.impl is not None]
+
+
+def js_bindings() -> str:
+    return "".join(js_binding(v) for v in VERBS)
+
+
+# ---- docs ----------------------------------------------------------------------------
+
+_HEADER = "Generated by `python -m switch.tasks.api` from `switch/tasks/api.py`; do not edit."
+
+
+def _ts_param(p: Param) -> str:
+    ts = TYPES[p.type][2]
+    if p.rest:
+        return f"...{p.name}: {ts}[]"
+    if p.optional:
+        return f"{p.name}?: {ts} | null"
+    return f"{p.name}: {ts}"
+
+
+def markdown() -> str:
+    out = [
+        "# JavaScript API reference",
+        "",
+        f"<!-- {_HEADER} -->",
+        "",
+        "Every call runs in the task's own QuickJS context. A verb called with arguments of "
+        "the wrong type throws `TypeError`; a verb that fails throws `Error` whose message "
+        "starts with the verb name (e.g. `PlayFile: ...`); both can be caught. Call-control "
+        "verbs on a task without a call throw `Error('<Verb>: this task has no call')`. "
+        "*Blocks*: the task waits (other calls keep running) until the verb completes.",
+        "",
+        "Modules are CommonJS: `require('lib/call.js')` (relative to the app root, or `./x` "
+        "relative to the requiring file; `.js` optional), `exports` / `module.exports`. "
+        "Stack traces name the app's files and lines.",
+        "",
+    ]
+    bar = "\\|"  # a pipe inside a markdown table cell
+    for key, title in SECTIONS.items():
+        verbs = [v for v in VERBS if v.section == key]
+        if not verbs:
+            continue
+        out += [f"## {title}", "", "| call | returns | event | meaning |", "|---|---|---|---|"]
+        for v in verbs:
+            params = ", ".join(_ts_param(p) for p in v.params)
+            doc = (v.doc + (" *Blocks.*" if v.blocking else "")).replace("|", "\\|")
+            emits = f"`{v.emits}`" if v.emits else ""
+            returns = v.returns.replace("|", "\\|")
+            out.append(f"| `{v.name}({params.replace('|', bar)})` | `{returns}` | {emits} | {doc} |")
+        out.append("")
+    out += ["## Events", "", "Every event is a plain object with at least `type`.", ""]
+    out += ["| type | predicate | fields | meaning |", "|---|---|---|---|"]
+    for e in events.EVENTS:
+        fields = ", ".join(f"`{f.name}`: {f.doc}" for f in e.fields)
+        pred = f"`{e.predicate}`" if e.predicate else ""
+        out.append(f"| `{e.type}` | {pred} | {fields} | {e.doc} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def dts() -> str:
+    out = [
+        f"// {_HEADER}",
+        "// TypeScript declarations for softswitch apps (QuickJS, CommonJS).",
+        "",
+        "type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };",
+        "",
+        "/** Every event is a plain object with at least `type`. */",
+        "interface TaskEvent {",
+        "  type: string;",
+        "  [field: string]: unknown;",
+        "}",
+        "",
+    ]
+    for e in events.EVENTS:
+        if e.predicate is None:
+            name, type_ = "UserEvent", "string"
+        else:
+            name, type_ = f"{e.type}Event", json.dumps(e.type).replace('"', "'")
+        out.append(f"/** {e.doc} */")
+        out.append(f"interface {name} extends TaskEvent {{")
+        out.append(f"  type: {type_};")
+        for f in e.fields:
+            fname = f.name if f.name.isidentifier() else json.dumps(f.name)
+            out.append(f"  /** {f.doc} */")
+            out.append(f"  {fname}: {f.ts_type};")
+        out.append("}")
+        out.append("")
+    by_pred = {e.predicate: f"{e.type}Event" for e in events.EVENTS if e.predicate}
+    for v in VERBS:
+        params = ", ".join(_ts_param(p) for p in v.params)
+        returns = f"evt is {by_pred[v.name]}" if v.name in by_pred else v.returns
+        doc = v.doc + (" Blocks." if v.blocking else "")
+        if v.emits:
+            doc += f" Event: `{v.emits}`."
+        out.append(f"/** {doc} */")
+        out.append(f"declare function {v.name}({params}): {returns};")
+    out += [
+        "",
+        "declare const console: {",
+        "  log(...args: unknown[]): void;",
+        "  info(...args: unknown[]): void;",
+        "  warn(...args: unknown[]): void;",
+        "  error(...args: unknown[]): void;",
+        "  debug(...args: unknown[]): void;",
+        "};",
+        "",
+        "/** CommonJS: paths relative to the app root, or ./x relative to this file; '.js' optional. */",
+        "declare function require(path: string): any;",
+        "declare const module: { exports: any };",
+        "declare const exports: any;",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m switch.tasks.api", description=__doc__.split("\n")[0])
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--markdown", action="store_true", help="print docs/js-api.md")
+    g.add_argument("--dts", action="store_true", help="print docs/softswitch.d.ts")
+    args = ap.parse_args(argv)
+    sys.stdout.write(markdown() if args.markdown else dts())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""The narrow interface between the task runtime and the call engine.
+
+Like a small internal ARI: JS verbs become calls on a ``CallControl`` (the task's leg,
+implemented by ``switch/calls``), and leg happenings come back as events posted with
+``TaskRuntime.post(tid, event)`` (or ``Task.post(event)``). The runtime never imports
+SIP or media code, so it could move into worker processes behind this same interface.
+
+Conventions:
+
+* A verb that completes at once returns ``None``; one that must wait (``accept`` until
+  the 200 OK is sent, ``play_file`` until the source is decoded and playing) returns an
+  awaitable. The task blocks on it (the loop keeps running) and gets its result, or its
+  exception thrown into JS as an ``Error``.
+* A verb that fails raises ``CallError`` (or the awaitable raises it); its message is
+  shown to the script as ``"<Verb>: <message>"``. Any other exception is a bug in the
+  engine: it is logged with its traceback and the script gets ``"<Verb>: internal error"``.
+* ``task_ended(error)`` is called exactly once when the owner task ends, for whatever
+  reason (return, throw, shutdown); the leg must then hang up if it is still up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Protocol, runtime_checkable
+
+
+class CallError(Exception):
+    """A verb failed; the message is shown to the script."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # SIP status when the failure came from one
+
+
+@runtime_checkable
+class CallControl(Protocol):
+    """The task's leg."""
+
+    def request_data(self, name: str) -> str | None:
+        """A header or field of the inbound INVITE ('To', 'From', 'Request-URI', ...)."""
+        ...
+
+    def provision(self) -> None: ...
+
+    def accept(self) -> Awaitable[None] | None: ...
+
+    def reject(self, code: int, reason: str | None) -> None: ...
+
+    def play_file(self, url: str, loop: bool) -> Awaitable[None] | None: ...
+
+    def stop_play(self) -> None: ...
+
+    def is_connected(self) -> bool: ...
+
+    def disconnect(self) -> None: ...
+
+    def task_ended(self, error: str | None) -> None:
+        """The owner task ended (``error`` is the logged error text if it threw)."""
+        ...

@@ -1,0 +1,141 @@
+"""The JS every task context evaluates first: the runtime side of the boundary.
+
+It captures the hidden Python callables (``__sw_py_<Verb>``) into a closure and deletes
+the globals, defines the verb wrappers generated from ``api.VERBS``, ``console``,
+CommonJS ``require`` with a per-task module cache, the stack hook that maps the app's
+global line numbers back to ``file:line:col`` (see ``app.py``), and ``__sw_enter`` that
+runs the task's entry function.
+
+Calling convention: a wrapper passes its arguments as one JSON array string; the Python
+callable never raises and returns a JSON string: ``{"v": value}``, ``{"e": message,
+"t": "Error"|"TypeError"}``, or ``{"x": 1}`` when the task is being terminated. Only
+JSON and primitives cross, so no ``quickjs.Object`` outlives its context.
+"""
+
+from __future__ import annotations
+
+import json
+
+from . import api
+
+# Runtime-internal callables used by require(); not part of the documented API.
+INTERNAL = ("$resolve", "$source")
+
+_CORE = r"""(function (g) {
+'use strict';
+var py = {};
+var names = __NAMES__;
+for (var i = 0; i < names.length; i++) {
+  var k = '__sw_py_' + names[i];
+  py[names[i]] = g[k];
+  delete g[k];
+}
+var files = [];
+function locate(line) {
+  for (var i = files.length - 1; i >= 0; i--) {
+    var f = files[i];
+    if (line >= f[1]) return line < f[1] + f[2] ? [f[0], line - f[1] + 1] : null;
+  }
+  return null;
+}
+function terminated() {
+  var e = new Error('task terminated');
+  e.name = 'TaskTerminated';
+  return e;
+}
+function call(name, args) {
+  var s;
+  try { s = JSON.stringify(args); } catch (e) {
+    throw new TypeError(name + ': arguments must be JSON values (' + e.message + ')');
+  }
+  var r = JSON.parse(py[name](s));
+  if (r.x) throw terminated();
+  if (r.e !== undefined) throw (r.t === 'TypeError' ? new TypeError(r.e) : new Error(r.e));
+  return r.v;
+}
+function show(v) {
+  if (typeof v === 'string') return v;
+  if (v instanceof Error) return String(v);
+  if (v === undefined) return 'undefined';
+  if (typeof v === 'function') return '[function ' + (v.name || 'anonymous') + ']';
+  try { var s = JSON.stringify(v); return s === undefined ? String(v) : s; } catch (e) { return String(v); }
+}
+Error.stackTraceLimit = 20;
+Error.prepareStackTrace = function (err, frames) {
+  var out = [];
+  try {
+    for (var i = 0; i < frames.length; i++) {
+      var f = frames[i], fn = f.getFunctionName();
+      if (f.isNative()) {
+        if (fn && fn !== 'eval') out.push('    at ' + fn + ' (native)');
+        continue;
+      }
+      var w = locate(f.getLineNumber());
+      if (w === null) continue;
+      var loc = w[0] + ':' + w[1] + ':' + f.getColumnNumber();
+      out.push('    at ' + (fn && fn !== '<eval>' ? fn + ' (' + loc + ')' : loc));
+    }
+  } catch (e) {}
+  var head;
+  try { head = String(err); } catch (e) { head = 'Error'; }
+  return out.length ? head + '\n' + out.join('\n') : head;
+};
+var cache = {};
+function dirname(p) { var i = p.lastIndexOf('/'); return i < 0 ? '' : p.slice(0, i); }
+function makeRequire(from) {
+  return function require(spec) {
+    if (typeof spec !== 'string') throw new TypeError('require(path): path must be a string');
+    var path = call('$resolve', [from, spec]);
+    var m = cache[path];
+    if (m !== undefined) return m.exports;
+    m = { id: path, exports: {}, loaded: false };
+    cache[path] = m;
+    try {
+      var fn = (0, eval)(call('$source', [path]));
+      fn.call(m.exports, m.exports, makeRequire(path), m, path, dirname(path));
+    } catch (e) {
+      delete cache[path];
+      throw e;
+    }
+    m.loaded = true;
+    return m.exports;
+  };
+}
+var mainModule = { id: 'main.js', exports: {}, loaded: false };
+cache['main.js'] = mainModule;
+g.module = mainModule;
+g.exports = mainModule.exports;
+g.require = makeRequire('main.js');
+var IDENT = /^[A-Za-z_$][\w$]*$/;
+function entry(name) {
+  var fn;
+  if (IDENT.test(name)) { try { fn = (0, eval)(name); } catch (e) { fn = undefined; } }
+  if (typeof fn !== 'function' && mainModule.exports) fn = mainModule.exports[name];
+  return typeof fn === 'function' ? fn : null;
+}
+var __sw = { call: call, show: show, hasEntry: function (n) { return entry(n) !== null; } };
+__BINDINGS__
+function logger(level) {
+  return function () {
+    var a = [level];
+    for (var i = 0; i < arguments.length; i++) a.push(show(arguments[i]));
+    if (a.length === 1) a.push('');
+    return call('Log', a);
+  };
+}
+g.console = { log: logger('info'), info: logger('info'), warn: logger('warn'),
+              error: logger('error'), debug: logger('debug') };
+g.__sw_layout = function (layout) { files = layout; delete g.__sw_layout; };
+g.__sw_enter = function (name, paramJson) {
+  mainModule.loaded = true;
+  var fn = entry(name);
+  if (fn === null) throw new Error('no function ' + JSON.stringify(name) + ' in the app');
+  if (paramJson === undefined) fn(); else fn(JSON.parse(paramJson));
+};
+})(globalThis);
+"""
+
+PYTHON_NAMES: tuple[str, ...] = tuple(v.name for v in api.python_verbs()) + INTERNAL
+
+PRELUDE = _CORE.replace("__NAMES__", json.dumps(list(PYTHON_NAMES))).replace("__BINDINGS__", api.js_bindings())
+PRELUDE_LINES = PRELUDE.count("\n") + 1

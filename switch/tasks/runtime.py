@@ -1,0 +1,453 @@
+"""The task runtime: JS tasks as greenlets on the one asyncio loop.
+
+Each task is a greenlet (parent: the "hub", the greenlet running the event loop) that
+runs one entry function of a ``JsApp`` in its OWN ``quickjs.Context``. When JS calls a
+blocking verb (``ReadInput``, or a call verb whose ``CallControl`` method returns an
+awaitable) the Python callable switches to the hub; a timer, a posted event or the
+awaitable's done-callback later resumes the task, always from a loop callback in the hub
+(never task -> task). No JS runs on another thread.
+
+Ending a task: when its entry returns or throws, its context is dropped, it leaves the
+registry and ``leg.task_ended(error)`` is called (once). ``terminate()``/``shutdown()``
+resume a suspended task with ``TaskTerminated``: every verb then returns a "terminated"
+marker that the JS wrapper throws as an Error named ``TaskTerminated``, so the JS stack
+unwinds and the greenlet finishes normally (a greenlet left suspended inside QuickJS
+frames crashes the interpreter at exit; an ``atexit`` hook terminates leftovers). A
+script that catches the termination and loops forever without calling a verb cannot be
+stopped in-process (``set_time_limit`` forbids calls into Python): that needs worker
+processes with a watchdog.
+
+Measured on the 2-core dev box (Python 3.11, quickjs-ng 0.17, see
+``tests/unit/test_tasks_perf.py`` which prints them with ``-s``):
+
+* task creation (context + limits + 19 callables + prelude + a ~50-line main.js with one
+  ``require`` + entry call, to the first ``ReadInput``): ~0.75 ms; of that the prelude
+  compile is ~0.25 ms and the bare context ~0.1 ms;
+* RSS per idle task blocked in ``ReadInput`` (500 tasks): ~250 KiB;
+* ReadInput/SendEvent ping-pong between two tasks: ~12 us per event (two greenlet
+  switches of ~1 us each, one loop callback, the JSON crossing and JS wrappers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import enum
+import inspect
+import json
+import logging
+import math
+import re
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from functools import partial
+from types import MappingProxyType
+from typing import Any
+
+import greenlet
+import quickjs
+
+from . import api
+from .app import MAIN, JsApp, ModuleNotFound
+from .boundary import CallControl, CallError
+from .events import Event
+from .prelude import PRELUDE, PYTHON_NAMES
+
+log = logging.getLogger("switch.tasks")
+
+MiB = 1024 * 1024
+_TERM = '{"x":1}'
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+_WHERE = re.compile(r"([^\s()]+\.js):(\d+)(?::\d+)?\)?$")
+
+
+class TaskTerminated(BaseException):
+    """Thrown into a suspended task to end it; BaseException so engine code can't swallow it."""
+
+
+class TaskState(enum.Enum):
+    PENDING = "pending"  # created, start scheduled
+    RUNNING = "running"
+    WAITING_INPUT = "waiting-input"  # blocked in ReadInput
+    WAITING_CALL = "waiting-call"  # blocked on a verb's awaitable
+    ENDED = "ended"
+
+
+class TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['prefix']} {msg}", kwargs  # type: ignore[index]
+
+
+class Task:
+    """One running JS entry function. Created by ``TaskRuntime.start``."""
+
+    def __init__(
+        self,
+        runtime: TaskRuntime,
+        tid: int,
+        app: JsApp,
+        entry: str,
+        param: Any,
+        leg: CallControl | None,
+        parent: int | None,
+    ) -> None:
+        self.runtime = runtime
+        self.tid = tid
+        self.app = app
+        self.entry = entry
+        self.param = param
+        self.leg = leg
+        self.parent = parent
+        self.queue: deque[Event] = deque()
+        self.state = TaskState.PENDING
+        self.error: str | None = None  # "file:line: message" if the task threw
+        self.log = TaskLogger(log, {"prefix": f"task[{tid} {app.name}]"})
+        self._greenlet: greenlet.greenlet | None = None
+        self._ctx: quickjs.Context | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._future: asyncio.Future[Any] | None = None
+        self._wake_pending = False
+        self._terminating = False
+        self._exit_exc: BaseException | None = None  # KeyboardInterrupt etc. raised in a verb
+
+    def __repr__(self) -> str:
+        return f"<Task {self.tid} {self.app.name}:{self.entry} {self.state.value}>"
+
+    # -- used by the call engine
+
+    def post(self, event: Event) -> bool:
+        return self.runtime.post(self.tid, event)
+
+    def attach_leg(self, leg: CallControl | None) -> None:
+        """Give the task a leg (e.g. the outbound call of ``StartBridgedCall``)."""
+        self.leg = leg
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not TaskState.ENDED
+
+    # -- used by verb impls (run inside the task greenlet)
+
+    def call_leg(self) -> CallControl:
+        if self.leg is None:
+            raise CallError("this task has no call")
+        return self.leg
+
+    def script_log(self, level: str, text: str) -> None:
+        self.log.log(_LEVELS.get(level, logging.INFO), "%s", text)
+
+    def read_input(self, timeout: float | None) -> Event | None:
+        if self.queue:
+            return self.queue.popleft()
+        if timeout is not None:
+            timeout = float(timeout)
+            if math.isinf(timeout):
+                timeout = None
+            elif not timeout > 0:
+                return None
+        rt = self.runtime
+        if timeout is not None:
+            self._timer = rt.loop.call_later(timeout, rt._input_timeout, self)
+        self._set_state(TaskState.WAITING_INPUT)
+        try:
+            self._suspend()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._set_state(TaskState.RUNNING)
+        return self.queue.popleft() if self.queue else None
+
+    def wait(self, awaitable: Any) -> Any:
+        """Block the task (not the loop) until ``awaitable`` is done; its result or exception."""
+        rt = self.runtime
+        fut = asyncio.ensure_future(awaitable, loop=rt.loop)
+        if not fut.done():
+            self._future = fut
+            fut.add_done_callback(partial(rt._future_done, self))
+            self._set_state(TaskState.WAITING_CALL)
+            try:
+                self._suspend()
+            except BaseException:
+                fut.cancel()
+                raise
+            finally:
+                self._future = None
+                self._set_state(TaskState.RUNNING)
+        try:
+            return fut.result()
+        except asyncio.CancelledError:
+            raise CallError("cancelled") from None
+
+    def _suspend(self) -> None:
+        assert self._greenlet is not None and greenlet.getcurrent() is self._greenlet
+        self._greenlet.parent.switch()
+
+    def _set_state(self, state: TaskState) -> None:
+        if state is not self.state and log.isEnabledFor(logging.DEBUG):
+            self.log.debug("%s -> %s", self.state.value, state.value)
+        self.state = state
+
+
+_RUNTIMES: weakref.WeakSet[TaskRuntime] = weakref.WeakSet()
+
+
+class TaskRuntime:
+    """Runs JS tasks on ``loop``; one per process (or per worker)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, memory_limit: int = 32 * MiB, max_stack: int = 1 * MiB) -> None:
+        self.loop = loop
+        self.memory_limit = memory_limit
+        self.max_stack = max_stack
+        self._tasks: dict[int, Task] = {}
+        self._next_tid = 1
+        self._hub: greenlet.greenlet | None = None
+        self._impls: dict[str, Callable[..., Any]] = {v.name: v.impl for v in api.python_verbs()}  # type: ignore[misc]
+        self._impls["$resolve"] = _resolve
+        self._impls["$source"] = _source
+        _RUNTIMES.add(self)
+
+    # -- registry
+
+    @property
+    def tasks(self) -> Mapping[int, Task]:
+        return MappingProxyType(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def get(self, tid: int) -> Task | None:
+        return self._tasks.get(tid)
+
+    # -- the call engine's side
+
+    def start(
+        self,
+        app: JsApp,
+        entry: str,
+        param: Any = None,
+        leg: CallControl | None = None,
+        parent: int | None = None,
+    ) -> Task:
+        """Create a task running ``entry(param)``; it starts on the next loop iteration."""
+        tid = self._next_tid
+        self._next_tid += 1
+        task = Task(self, tid, app, entry, param, leg, parent)
+        self._tasks[tid] = task
+        self.loop.call_soon(self._begin, task)
+        return task
+
+    def post(self, tid: int, event: Event) -> bool:
+        """Queue ``event`` for task ``tid``; False if there is no such task."""
+        task = self._tasks.get(tid)
+        if task is None:
+            return False
+        if not isinstance(event, dict) or "type" not in event:
+            raise TypeError(f"an event is a dict with a 'type', not {event!r}")
+        task.queue.append(event)
+        if task.state is TaskState.WAITING_INPUT and not task._wake_pending:
+            task._wake_pending = True
+            if task._timer is not None:
+                task._timer.cancel()
+                task._timer = None
+            self.loop.call_soon(self._wake, task)
+        return True
+
+    def terminate(self, tid: int) -> bool:
+        task = self._tasks.get(tid)
+        if task is None:
+            return False
+        self._terminate(task)
+        return True
+
+    def terminate_all(self) -> None:
+        """End every task (each leg still gets ``task_ended``). Call from the loop's greenlet."""
+        for task in list(self._tasks.values()):
+            self._terminate(task)
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        self.terminate_all()
+        deadline = self.loop.time() + timeout
+        while self._tasks and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._tasks:
+            log.error("shutdown: %d task(s) did not end: %s", len(self._tasks), list(self._tasks.values()))
+
+    # -- greenlet plumbing (all of it runs in the hub, from loop callbacks)
+
+    def _begin(self, task: Task) -> None:
+        if task.state is not TaskState.PENDING:
+            return  # terminated before it started
+        self._hub = greenlet.getcurrent()
+        task._greenlet = greenlet.greenlet(partial(self._run, task), parent=self._hub)
+        task._set_state(TaskState.RUNNING)
+        self._switch(task)
+
+    def _switch(self, task: Task, exc: BaseException | None = None) -> None:
+        g = task._greenlet
+        if g is None or g.dead:
+            return
+        try:
+            if exc is None:
+                g.switch()
+            else:
+                g.throw(exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # _run catches everything; this is a last line of defence
+            task.log.exception("task greenlet failed")
+
+    def _wake(self, task: Task) -> None:
+        task._wake_pending = False
+        if task.state is TaskState.WAITING_INPUT:
+            self._switch(task)
+
+    def _input_timeout(self, task: Task) -> None:
+        task._timer = None
+        if task.state is TaskState.WAITING_INPUT and not task._wake_pending:
+            self._switch(task)
+
+    def _future_done(self, task: Task, fut: asyncio.Future[Any]) -> None:
+        if task._future is fut and task.state is TaskState.WAITING_CALL:
+            self._switch(task)
+
+    def _terminate(self, task: Task) -> None:
+        if task.state is TaskState.ENDED:
+            return
+        task._terminating = True
+        if task.state is TaskState.PENDING:
+            self._finish(task, None, "terminated before it started")
+            return
+        if task.state is TaskState.RUNNING:
+            return  # it is the running greenlet: its next verb call unwinds it
+        g = greenlet.getcurrent()
+        if self._hub is not None and g is not self._hub:
+            self.loop.call_soon(self._terminate, task)  # never switch task -> task
+            return
+        self._switch(task, TaskTerminated())
+
+    # -- inside the task greenlet
+
+    def _run(self, task: Task) -> None:
+        error: tuple[str, str] | None = None
+        try:
+            ctx = quickjs.Context()
+            ctx.set_memory_limit(self.memory_limit)
+            ctx.set_max_stack_size(self.max_stack)
+            for name in PYTHON_NAMES:
+                ctx.add_callable(f"__sw_py_{name}", self._bind(task, name))
+            task._ctx = ctx
+            ctx.eval(PRELUDE)
+            ctx.eval(f"__sw_layout({json.dumps(task.app.layout_json())})")
+            ctx.eval(task.app.files[MAIN].code)
+            if task.param is None:
+                ctx.eval(f"__sw_enter({json.dumps(task.entry)})")
+            else:
+                ctx.eval(f"__sw_enter({json.dumps(task.entry)}, {json.dumps(json.dumps(task.param))})")
+        except quickjs.JSException as e:
+            if not task._terminating:
+                error = self._describe(task, str(e))
+        except BaseException as e:  # a bug of ours or the binding: still end the task cleanly
+            if not task._terminating:
+                error = (f"{MAIN}: internal error: {type(e).__name__}: {e}", "")
+                task.log.exception("runtime error")
+        self._finish(task, error, "terminated" if task._terminating else None)
+        if task._exit_exc is not None and not isinstance(task._exit_exc, greenlet.GreenletExit):
+            raise task._exit_exc  # KeyboardInterrupt/SystemExit raised inside a verb: re-raise now
+
+    def _finish(self, task: Task, error: tuple[str, str] | None, note: str | None) -> None:
+        task._set_state(TaskState.ENDED)
+        self._tasks.pop(task.tid, None)
+        if task._timer is not None:
+            task._timer.cancel()
+            task._timer = None
+        task._ctx = None  # the JS frames are gone: drop the context (and its callables)
+        if error is not None:
+            task.error = error[0]
+            task.log.error("%s%s", error[0], "\n" + error[1] if error[1] else "")
+        elif note:
+            task.log.info("%s", note)
+        if task.leg is not None:
+            try:
+                task.leg.task_ended(task.error)
+            except Exception:
+                task.log.exception("leg.task_ended failed")
+
+    def _describe(self, task: Task, text: str) -> tuple[str, str]:
+        """JSException text -> ('file:line: message', mapped stack)."""
+        text = task.app.map_text(text)  # frames our JS stack hook did not format
+        lines = text.rstrip("\n").split("\n")
+        i = next((k for k, ln in enumerate(lines) if ln.startswith(" ") and ln.lstrip().startswith("at ")), len(lines))
+        head = lines[:i]
+        frames = [ln for ln in lines[i:] if "<runtime>" not in ln and ln.strip()]
+        n = len(head)
+        if n and n % 2 == 0 and head[: n // 2] == head[n // 2 :]:
+            head = head[: n // 2]  # the binding prints String(e) and then e.stack, which repeats it
+        if len(head) > 1 and head[-1] == "undefined" and not frames:
+            head = head[:-1]  # a thrown non-Error has no stack
+        message = "\n".join(head).strip() or "unknown error"
+        if message == "null" and not frames:
+            # quickjs-ng throws null when it cannot even allocate the InternalError
+            message = f"out of memory (uncaught null; the JS heap limit is {self.memory_limit // MiB} MiB)"
+        where = MAIN
+        for ln in frames:
+            m = _WHERE.search(ln.strip())
+            if m:
+                where = f"{m.group(1)}:{m.group(2)}"
+                break
+        return f"{where}: {message}", "\n".join(frames)
+
+    def _bind(self, task: Task, name: str) -> Callable[[str], str]:
+        impl = self._impls[name]
+        prefix = "" if name.startswith("$") else f"{name}: "
+        loads, dumps, isawaitable = json.loads, json.dumps, inspect.isawaitable
+
+        def verb(args_json: str) -> str:
+            # Never raise: a Python exception reaches JS as an anonymous InternalError and,
+            # if JS catches it, breaks the next eval (DESIGN §4).
+            if task._terminating:
+                return _TERM
+            try:
+                result = impl(task, *loads(args_json))
+                if isawaitable(result):
+                    result = task.wait(result)
+                return dumps({"v": result})
+            except BaseException as e:
+                if task._terminating or not isinstance(e, Exception):
+                    task._terminating = True
+                    if not isinstance(e, TaskTerminated) and task._exit_exc is None:
+                        task._exit_exc = e
+                    return _TERM
+                kind = "Error"
+                if isinstance(e, (CallError, ModuleNotFound)):
+                    msg = str(e)
+                elif isinstance(e, api.ScriptTypeError):
+                    msg, kind = str(e), "TypeError"
+                else:
+                    task.log.error("%s: error in the call engine", name, exc_info=True)
+                    msg = f"internal error ({type(e).__name__}: {e})"
+                if not msg.startswith(prefix):
+                    msg = prefix + msg
+                return dumps({"e": msg, "t": kind})
+
+        return verb
+
+
+def _resolve(task: Task, from_path: str, spec: str) -> str:
+    return task.app.resolve(from_path, spec)
+
+
+def _source(task: Task, path: str) -> str:
+    return task.app.files[path].code
+
+
+@atexit.register
+def _terminate_leftovers() -> None:
+    # A greenlet suspended inside QuickJS frames crashes the interpreter at teardown.
+    for rt in list(_RUNTIMES):
+        if rt._tasks and (rt._hub is None or greenlet.getcurrent() is rt._hub):
+            try:
+                rt.terminate_all()
+            except Exception:
+                log.exception("terminating tasks at exit")
