@@ -319,8 +319,11 @@ class SipResponse(SipMessage):
         return f"<SipResponse {self.status} {self.reason}>"
 
 
-def parse_message(data: bytes) -> SipRequest | SipResponse:
-    """Parse one datagram. Raises SipParseError with a reason fit for a 400."""
+def parse_message(data: bytes, check_length: bool = True) -> SipRequest | SipResponse:
+    """Parse one datagram. Raises SipParseError with a reason fit for a 400.
+
+    ``check_length=False`` accepts a body shorter than Content-Length: used only to
+    find where to send the 400 for such a message."""
     end = data.find(b"\r\n\r\n")
     if end >= 0:
         head, body = data[:end], data[end + 4 :]
@@ -368,7 +371,7 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
         if not text_len.isdigit():
             raise SipParseError(f"bad Content-Length {text_len!r}")
         length = int(text_len)
-        if length > len(body):  # RFC 3261 §18.3: a short UDP body is an error
+        if length > len(body) and check_length:  # RFC 3261 §18.3: a short UDP body is an error
             raise SipParseError(f"Content-Length {length} but only {len(body)} body bytes")
         body = body[:length]
 

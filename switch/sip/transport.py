@@ -151,7 +151,7 @@ class SipTransport(asyncio.DatagramProtocol):
         else:
             self._bad_sources[host] = (last, suppressed + 1)
         try:
-            msg = parse_message(data)
+            msg = parse_message(data, check_length=False)
         except SipParseError:
             return  # not even a message: nothing we could address a 400 to
         if not isinstance(msg, SipRequest) or msg.method == "ACK":

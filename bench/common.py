@@ -1,0 +1,75 @@
+"""Shared by the benchmarks: the switch process, SIPp load runs, /proc readings.
+
+The switch is started exactly as the e2e tests start it (tests/e2e/harness.py), so a
+benchmark measures the real process on loopback; SIPp runs without message tracing so
+it is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.harness import SIPP, SwitchProcess, free_udp_port  # noqa: E402
+
+APPS = Path(__file__).resolve().parent / "apps"
+CLK_TCK = 100
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class LoadResult:
+    successful: int
+    failed: int
+    seconds: float
+
+
+def sipp_load(target: str, *, rate: float, calls: int, hold_ms: int, limit: int,
+              timeout: float, extra: list[str] | None = None) -> LoadResult:
+    """Run SIPp's built-in uac at ``rate`` calls/s; count successful and failed calls."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-sipp-"))
+    screen = workdir / "screen.txt"
+    cmd = [SIPP, "-sn", "uac", target, "-r", str(rate), "-m", str(calls), "-d", str(hold_ms),
+           "-l", str(limit), "-i", "127.0.0.1", "-p", str(free_udp_port()), "-nostdin",
+           "-timeout", f"{int(timeout)}s", "-trace_screen", "-screen_file", str(screen),
+           "-max_socket", "5000", *(extra or [])]
+    start = time.monotonic()
+    subprocess.run(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=timeout + 30)
+    elapsed = time.monotonic() - start
+    text = screen.read_text(errors="replace") if screen.exists() else ""
+    return LoadResult(_count(text, "Successful call"), _count(text, "Failed call"), elapsed)
+
+
+def _count(screen: str, label: str) -> int:
+    found = re.findall(rf"{label}\s*\|\s*\d+\s*\|\s*(\d+)", screen)
+    return int(found[-1]) if found else 0
+
+
+def start_switch(app: str, extra: list[str] | None = None) -> SwitchProcess:
+    return SwitchProcess(APPS / app, ["--max-calls", "20000", *(extra or [])], log_level="warning",
+                         rtp_range=(20000, 29999)).start()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
