@@ -384,8 +384,8 @@ class TaskRuntime:
         n = len(head)
         if n and n % 2 == 0 and head[: n // 2] == head[n // 2 :]:
             head = head[: n // 2]  # the binding prints String(e) and then e.stack, which repeats it
-        if len(head) > 1 and head[-1] == "undefined" and not frames:
-            head = head[:-1]  # a thrown non-Error has no stack
+        if len(head) > 1 and head[-1] in ("undefined", "null") and not frames:
+            head = head[:-1]  # a thrown non-Error has no stack; at the stack limit it is null
         message = "\n".join(head).strip() or "unknown error"
         if message == "null" and not frames:
             # quickjs-ng throws null when it cannot even allocate the InternalError
