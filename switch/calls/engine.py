@@ -103,7 +103,7 @@ class CallEngine:
             if user is not None:
                 user.on_response(event)
         elif isinstance(event, AckTimedOut):
-            leg = self._by_invite.get(id(event.transaction)) or self._dialog_leg(event.transaction.request)
+            leg = self._by_invite.get(id(event.transaction))
             if leg is not None:
                 leg.on_ack_timeout()
 
