@@ -4,7 +4,7 @@ Every script-callable function is one ``JsVerb`` in ``VERBS``. From the table co
 
 * the QuickJS bindings (``js_bindings()``): for each verb with a Python ``impl`` a hidden
   callable plus a JS wrapper that checks argument types (``TypeError('PlayFile(url, loop):
-  url must be a string')``) and turns our tagged JSON result into a value or a JS ``Error``;
+  url must be a string')``) and turns our tagged result into a value or a JS ``Error``;
   verbs with a ``js`` body (the event predicates) are pure JS and never cross into Python;
 * ``docs/js-api.md`` (``python -m switch.tasks.api --markdown``);
 * ``docs/softswitch.d.ts`` (``python -m switch.tasks.api --dts``).
@@ -40,7 +40,7 @@ TYPES: dict[str, tuple[str | None, str, str]] = {
     "integer": ("Number.isInteger({v})", "an integer", "number"),
     "boolean": ("typeof {v} === 'boolean'", "a boolean", "boolean"),
     "tid": ("Number.isInteger({v})", "a task id (integer)", "number"),
-    "event": ("typeof {v} === 'object'", "an event object", "TaskEvent"),
+    "event": ("{v} !== null && typeof {v} === 'object'", "an event object", "TaskEvent"),
     "json": (None, "a JSON value", "JsonValue"),
     "any": (None, "anything", "unknown"),
 }
@@ -68,6 +68,7 @@ class JsVerb:
     doc: str
     impl: Callable[..., Any] | None = None  # impl(task, *args); None for pure-JS verbs
     js: str | None = None  # body of a pure-JS verb (no Python crossing)
+    predicate_of: str | None = None  # a pure-JS event predicate: evt.type === predicate_of
     section: str = "task"
     blocking: bool = False  # may suspend the task (for the docs)
     js_pre: str | None = field(default=None, repr=False)  # extra JS check before crossing
@@ -151,10 +152,6 @@ def _log(task: Task, *parts: str) -> None:
     if len(parts) > 1 and parts[0] in LOG_LEVELS:
         level, parts = parts[0], parts[1:]
     task.script_log(level, " ".join(parts))
-
-
-def _predicate(event_type: str) -> str:
-    return f"return evt !== null && typeof evt === 'object' && evt.type === {json.dumps(event_type)};"
 
 
 _EVT = (Param("evt", "any"),)
@@ -279,7 +276,7 @@ VERBS: list[JsVerb] = [
         "boolean",
         None,
         "`evt` is a `Disconnect` event (`evt.status`, `evt.reason`).",
-        js=_predicate(_ET.DISCONNECT.value),
+        predicate_of=_ET.DISCONNECT.value,
         section="event",
     ),
     JsVerb(
@@ -288,7 +285,7 @@ VERBS: list[JsVerb] = [
         "boolean",
         None,
         "`evt` is a `PlayFileCompleted` event (`evt.url`).",
-        js=_predicate(_ET.PLAY_FILE_COMPLETED.value),
+        predicate_of=_ET.PLAY_FILE_COMPLETED.value,
         section="event",
     ),
     JsVerb(
@@ -297,7 +294,7 @@ VERBS: list[JsVerb] = [
         "boolean",
         None,
         "`evt` is a `CallCompleted` event: the outbound call was answered.",
-        js=_predicate(_ET.CALL_COMPLETED.value),
+        predicate_of=_ET.CALL_COMPLETED.value,
         section="event",
     ),
     JsVerb(
@@ -306,7 +303,7 @@ VERBS: list[JsVerb] = [
         "boolean",
         None,
         "`evt` is a `BreakBridge` event.",
-        js=_predicate(_ET.BREAK_BRIDGE.value),
+        predicate_of=_ET.BREAK_BRIDGE.value,
         section="event",
     ),
     JsVerb(
@@ -315,7 +312,7 @@ VERBS: list[JsVerb] = [
         "boolean",
         None,
         "`evt` is a `Dtmf` event (`evt.digit`).",
-        js=_predicate(_ET.DTMF.value),
+        predicate_of=_ET.DTMF.value,
         section="event",
     ),
     # -- logging
@@ -341,49 +338,88 @@ def verb(name: str) -> JsVerb:
 
 
 # ---- QuickJS bindings ----------------------------------------------------------------
+#
+# Each task compiles these again (no bytecode cache), and QuickJS compiles ~15 KB/ms, so
+# the wrappers are built at run time by one generic ``bind`` from a compact spec rather
+# than written out one by one (that halved the prelude's compile time).
+
+JSON_TYPES = ("json", "any", "event")  # cross as JSON strings; the rest as JS primitives
+
+_BIND = r"""var CHECK = __CHECKS__;
+var PHRASE = __PHRASES__;
+var JSONT = __JSONT__;
+function bind(name, params, pre) {
+  var f = py[name], n = params.length, sig = name + '(' + params.map(function (p) {
+    return (p[3] ? '...' : '') + p[0]; }).join(', ') + ')';
+  var w = function () {
+    var a = [];
+    for (var i = 0; i < n; i++) {
+      var p = params[i], v = arguments[i], c = CHECK[p[1]];
+      if (p[3]) {
+        for (var j = i; j < arguments.length; j++) a.push(show(arguments[j]));
+        break;
+      }
+      if (v === undefined || v === null) {
+        if (!p[2] && c) throw new TypeError(sig + ': ' + p[0] + ' must be ' + PHRASE[p[1]]);
+      } else if (c && !c(v)) {
+        throw new TypeError(sig + ': ' + p[0] + ' must be ' + PHRASE[p[1]]);
+      }
+      a.push(JSONT[p[1]] && v !== undefined ? json(name, v) : v);
+    }
+    if (pre) pre.apply(null, arguments);
+    return ret(f.apply(null, a));
+  };
+  Object.defineProperty(w, 'name', { value: name });
+  return w;
+}
+function predicate(name, type) {
+  var w = function (evt) { return evt !== null && typeof evt === 'object' && evt.type === type; };
+  Object.defineProperty(w, 'name', { value: name });
+  return w;
+}
+"""
 
 
-def _js_check(v: JsVerb, p: Param) -> str:
-    check, phrase, _ = TYPES[p.type]
-    if check is None or p.rest:
-        return ""
-    cond = check.format(v=p.name)
-    if p.type == "event":
-        cond = f"{p.name} !== null && {cond}"
-    msg = json.dumps(f"{v.signature}: {p.name} must be {phrase}")
-    if p.optional:
-        return f"  if ({p.name} !== undefined && {p.name} !== null && !({cond})) throw new TypeError({msg});\n"
-    return f"  if (!({cond})) throw new TypeError({msg});\n"
-
-
-def js_binding(v: JsVerb) -> str:
-    """The JS global for one verb. Runs inside the prelude where ``__sw`` is in scope."""
-    names = [p.name for p in v.params if not p.rest]
-    rest = next((p for p in v.params if p.rest), None)
-    out = [f"globalThis.{v.name} = function {v.name}({', '.join(names)}) {{\n"]
-    if v.js is not None:
-        out.append(f"  {v.js}\n}};\n")
-        return "".join(out)
-    for p in v.params:
-        out.append(_js_check(v, p))
-    if v.js_pre:
-        out.append(f"  {v.js_pre}\n")
-    args = ", ".join(f"{n} === undefined ? null : {n}" for n in names)
-    if rest is not None:
-        out.append(f"  var a = [{args}];\n")
-        out.append(f"  for (var i = {len(names)}; i < arguments.length; i++) a.push(__sw.show(arguments[i]));\n")
-        out.append(f"  return __sw.call({json.dumps(v.name)}, a);\n}};\n")
-    else:
-        out.append(f"  return __sw.call({json.dumps(v.name)}, [{args}]);\n}};\n")
+def js_bindings() -> str:
+    """The JS that defines every verb; runs inside the prelude (``g``, ``py``, ``ret``,
+    ``json``, ``show`` in scope). The specs travel as one JSON string literal: a single
+    token for the parser."""
+    checks = ", ".join(
+        f"{t}: function (v) {{ return {c.format(v='v')}; }}" for t, (c, _, _) in TYPES.items() if c is not None
+    )
+    phrases = json.dumps({t: phrase for t, (_, phrase, _) in TYPES.items()})
+    jsont = json.dumps({t: 1 for t in JSON_TYPES})
+    out = [_BIND.replace("__CHECKS__", "{ " + checks + " }").replace("__PHRASES__", phrases).replace("__JSONT__", jsont)]
+    specs = [
+        [v.name, [[p.name, p.type, int(p.optional), int(p.rest)] for p in v.params]]
+        for v in VERBS
+        if v.impl is not None
+    ]
+    pre = ", ".join(
+        f"{v.name}: function ({', '.join(p.name for p in v.params if not p.rest)}) {{ {v.js_pre} }}"
+        for v in VERBS
+        if v.js_pre
+    )
+    preds = {v.name: v.predicate_of for v in VERBS if v.predicate_of}
+    out.append(f"var PRE = {{ {pre} }};\n")
+    out.append(f"var SPECS = JSON.parse({json.dumps(json.dumps(specs))});\n")
+    out.append("for (var i = 0; i < SPECS.length; i++) g[SPECS[i][0]] = bind(SPECS[i][0], SPECS[i][1], PRE[SPECS[i][0]]);\n")
+    out.append(f"var PREDS = JSON.parse({json.dumps(json.dumps(preds))});\n")
+    out.append("Object.keys(PREDS).forEach(function (k) { g[k] = predicate(k, PREDS[k]); });\n")
+    for v in VERBS:
+        if v.js is not None:
+            names = ", ".join(p.name for p in v.params if not p.rest)
+            out.append(f"g.{v.name} = function {v.name}({names}) {{ {v.js} }};\n")
     return "".join(out)
+
+
+def json_params(v: JsVerb) -> tuple[int, ...]:
+    """Indexes of the parameters that cross as JSON strings."""
+    return tuple(i for i, p in enumerate(v.params) if p.type in JSON_TYPES and not p.rest)
 
 
 def python_verbs() -> list[JsVerb]:
     return [v for v in VERBS if v.impl is not None]
-
-
-def js_bindings() -> str:
-    return "".join(js_binding(v) for v in VERBS)
 
 
 # ---- docs ----------------------------------------------------------------------------

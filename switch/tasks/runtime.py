@@ -57,7 +57,7 @@ from .prelude import PRELUDE, PYTHON_NAMES
 log = logging.getLogger("switch.tasks")
 
 MiB = 1024 * 1024
-_TERM = '{"x":1}'
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _WHERE = re.compile(r"([^\s()]+\.js):(\d+)(?::\d+)?\)?$")
 
@@ -206,6 +206,7 @@ class TaskRuntime:
         self._impls: dict[str, Callable[..., Any]] = {v.name: v.impl for v in api.python_verbs()}  # type: ignore[misc]
         self._impls["$resolve"] = _resolve
         self._impls["$source"] = _source
+        self._json_args = {v.name: api.json_params(v) for v in api.python_verbs()}
         _RUNTIMES.add(self)
 
     # -- registry
@@ -398,38 +399,46 @@ class TaskRuntime:
                 break
         return f"{where}: {message}", "\n".join(frames)
 
-    def _bind(self, task: Task, name: str) -> Callable[[str], str]:
+    def _bind(self, task: Task, name: str) -> Callable[..., Any]:
         impl = self._impls[name]
+        json_args = self._json_args.get(name, ())
         prefix = "" if name.startswith("$") else f"{name}: "
-        loads, dumps, isawaitable = json.loads, json.dumps, inspect.isawaitable
+        loads, isawaitable = json.loads, inspect.isawaitable
 
-        def verb(args_json: str) -> str:
+        def verb(*args: Any) -> Any:
             # Never raise: a Python exception reaches JS as an anonymous InternalError and,
-            # if JS catches it, breaks the next eval (DESIGN §4).
+            # if JS catches it, breaks the next eval (DESIGN §4). See prelude.py for the tags.
             if task._terminating:
-                return _TERM
+                return "x"
             try:
-                result = impl(task, *loads(args_json))
+                if json_args:
+                    args = tuple(loads(a) if i in json_args and a is not None else a for i, a in enumerate(args))
+                result = impl(task, *args)
                 if isawaitable(result):
                     result = task.wait(result)
-                return dumps({"v": result})
+                t = type(result)
+                if result is None or t is bool or t is int or t is float:
+                    return result
+                if t is str:
+                    return "s" + result
+                return "j" + _encode(result)
             except BaseException as e:
                 if task._terminating or not isinstance(e, Exception):
                     task._terminating = True
                     if not isinstance(e, TaskTerminated) and task._exit_exc is None:
                         task._exit_exc = e
-                    return _TERM
-                kind = "Error"
+                    return "x"
+                tag = "e"
                 if isinstance(e, (CallError, ModuleNotFound)):
                     msg = str(e)
                 elif isinstance(e, api.ScriptTypeError):
-                    msg, kind = str(e), "TypeError"
+                    msg, tag = str(e), "t"
                 else:
                     task.log.error("%s: error in the call engine", name, exc_info=True)
                     msg = f"internal error ({type(e).__name__}: {e})"
                 if not msg.startswith(prefix):
                     msg = prefix + msg
-                return dumps({"e": msg, "t": kind})
+                return tag + msg
 
         return verb
 
