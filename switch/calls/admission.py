@@ -49,6 +49,20 @@ class Admission:
         self.max_lag = max_lag
         self.draining = False
         self.refused = 0
+        self._last_report = -1e9
+        self._unreported = 0
+
+    def note_refusal(self, reason: str) -> None:
+        """Count a refused call; log at most one line per 5 s so overload is visible
+        without the log itself adding to it."""
+        self.refused += 1
+        self._unreported += 1
+        now = self.lag.loop.time()
+        if now - self._last_report >= 5.0:
+            logger.warning("refusing new calls with 503: %s (%d refused since last report, %d in all)",
+                           reason, self._unreported, self.refused)
+            self._last_report = now
+            self._unreported = 0
 
     def refuse_reason(self, live_calls: int) -> str | None:
         """None to admit; else why the call is refused (goes into the 503's reason)."""

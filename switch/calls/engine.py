@@ -180,7 +180,7 @@ class CallEngine:
     def _on_invite(self, txn: InviteServerTransaction, invite: SipRequest) -> None:
         refusal = self.admission.refuse_reason(len(self.legs))
         if refusal is not None:
-            self.admission.refused += 1
+            self.admission.note_refusal(refusal)
             self._reply(txn, invite, 503, f"Service Unavailable ({refusal})",
                         headers={"retry-after": "30" if self.admission.draining else "1"})
             return
