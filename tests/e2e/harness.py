@@ -577,7 +577,9 @@ class SippRun:
             cmd += ["-r", str(rate)]
         if pause_ms is not None:
             cmd += ["-d", str(pause_ms)]
-        for k, v in (keys or {}).items():
+        # Scenarios put [rtpport] in their SDP: default to the discard port when the test
+        # doesn't care where media goes.
+        for k, v in {"rtpport": 9, **(keys or {})}.items():
             cmd += ["-key", str(k), str(v)]
         cmd += list(extra_args)
         self.cmd = cmd

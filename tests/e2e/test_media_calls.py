@@ -167,7 +167,7 @@ def test_throw_after_answer_gets_bye(switch, rtp_sink: RtpSink, sipp):
     res = sipp("uac_pcmu_wait_bye", sw, keys={"rtpport": rtp_sink.port}, timeout=10)
     assert res.ok, res.describe()
     assert res.received("BYE"), res.describe()
-    assert "main.js:6" in sw.log_text(), "the error log must name main.js:6\n" + sw.log_tail(30)
+    assert "main.js:5" in sw.log_text(), "the error log must name main.js:5\n" + sw.log_tail(30)
 
 
 def test_main_returning_after_answer_gets_bye(switch, rtp_sink: RtpSink, sipp):
