@@ -17,15 +17,22 @@ script that catches the termination and loops forever without calling a verb can
 stopped in-process (``set_time_limit`` forbids calls into Python): that needs worker
 processes with a watchdog.
 
-Measured on the 2-core dev box (Python 3.11, quickjs-ng 0.17, see
-``tests/unit/test_tasks_perf.py`` which prints them with ``-s``):
+Measured on the shared 2-core dev box (Python 3.11, quickjs-ng 0.17, greenlet 3.5; the
+perf figures are printed by ``pytest tests/unit -k "tasks_perf or 1000" -s``):
 
-* task creation (context + limits + 19 callables + prelude + a ~50-line main.js with one
-  ``require`` + entry call, to the first ``ReadInput``): ~0.75 ms; of that the prelude
-  compile is ~0.25 ms and the bare context ~0.1 ms;
-* RSS per idle task blocked in ``ReadInput`` (500 tasks): ~250 KiB;
-* ReadInput/SendEvent ping-pong between two tasks: ~12 us per event (two greenlet
-  switches of ~1 us each, one loop callback, the JSON crossing and JS wrappers).
+* task creation, from ``start()`` to blocked in ``ReadInput`` (500 tasks, a ~50-line
+  main.js with one ``require``): 0.85-1.05 ms. Breakdown: context + limits 0.14 ms,
+  16 callables 0.03 ms, prelude 0.42 ms (0.35 of it compiling: QuickJS compiles ~20 KB/ms,
+  i.e. ~0.2 us per token, and the binding has no bytecode cache, hence the compact,
+  data-driven prelude), app compile + run 0.13 ms, greenlet + loop the rest;
+* RSS per idle task blocked in ``ReadInput``: 247 KiB (VmRSS delta over 500 tasks);
+* a verb crossing JS -> Python -> JS (``ThisTask()``): ~1 us; a raw greenlet switch out of
+  a QuickJS callable and back: ~1 us (2.5 us with 20 JS frames on the stack);
+  ``ReadInput`` suspend + timer + resume through the loop: 8-9 us; ``SendEvent`` +
+  ``ReadInput`` of a queued event: ~10 us;
+* ping-pong between two tasks: 12-18 us per event with 1-10 pairs, 40-50 us with 500
+  pairs (1000 tasks x 100 rounds incl. creating them: ~5 s); the growth with the number
+  of tasks is not explained yet (suspects: greenlet stack-slice copies, cache misses).
 """
 
 from __future__ import annotations
