@@ -76,7 +76,7 @@ class Switch:
         self.engine = CallEngine(
             loop, self.sip, self.admission, self.playback,
             open_media=self._open_media, start_call=self._start_call,
-            app_dir_for=self._app_dir_for, advertise=cfg.advertise or None,
+            advertise=cfg.advertise or None,
         )
         self._load_app()
         watch_gc_pauses()
@@ -98,16 +98,22 @@ class Switch:
             self.app_error = f"app {self.config.app} does not load: {exc}"
             logger.error("%s", self.app_error)
 
-    def _app_dir_for(self, invite: SipRequest) -> Path:
-        return Path(self.config.app)
-
     async def _open_media(self, call_id: str) -> MediaSession:
         return await MediaSession.open(self.loop, self.bind_ip, self.ports, self.clock, f"rtp[{call_id}]")
 
-    def _start_call(self, leg: InboundLeg) -> str | None:
+    def app_for(self, invite: SipRequest) -> JsApp:
+        """The app that serves this INVITE. Raises AppError when there is none."""
         if self.app is None:
-            return self.app_error or "no app"
-        task = self.runtime.start(self.app, "Main", leg=leg)
+            raise AppError(self.app_error or "no app")
+        return self.app
+
+    def _start_call(self, leg: InboundLeg) -> str | None:
+        try:
+            app = self.app_for(leg.invite)
+        except AppError as exc:
+            return str(exc)
+        leg.app_dir = app.root
+        task = self.runtime.start(app, "Main", leg=leg)
         leg.task_id = task.tid
         leg.notify = lambda event, tid=task.tid: self.runtime.post(tid, event)
         return None

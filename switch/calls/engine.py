@@ -41,7 +41,6 @@ class CallEngine:
         playback: PlaybackCache,
         open_media: Callable[[str], Any],
         start_call: Callable[[InboundLeg], str | None],
-        app_dir_for: Callable[[SipRequest], Any],
         advertise: str | None = None,
     ) -> None:
         self.loop = loop
@@ -49,8 +48,7 @@ class CallEngine:
         self.admission = admission
         self.playback = playback
         self.open_media = open_media  # async (call_id) -> MediaSession
-        self._start_call = start_call  # starts the task; returns an error text or None
-        self._app_dir_for = app_dir_for
+        self._start_call = start_call  # picks the app, starts the task; returns an error text or None
         self.advertise = advertise
         self._route_cache: dict[str, str] = {}
         self.legs: dict[str, InboundLeg] = {}  # live legs by Call-ID + local tag
@@ -202,7 +200,7 @@ class CallEngine:
             except ValueError as exc:
                 self._reply(txn, invite, 400, f"Bad SDP ({exc})"[:100])
                 return
-        leg = InboundLeg(self, txn, invite, offer, self._app_dir_for(invite))
+        leg = InboundLeg(self, txn, invite, offer)
         self.legs[f"{leg.call_id};{leg.local_tag}"] = leg
         self._by_invite[id(txn)] = leg
         self.calls_started += 1

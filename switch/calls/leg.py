@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from media.sdp import MediaParams, NoCommonCodec, SessionDescription, accept_answer, answer_offer, make_offer
@@ -51,12 +52,12 @@ class InboundLeg:
     """Implements ``CallControl`` for the task running ``Main()`` for this call."""
 
     def __init__(self, engine: CallEngine, txn: InviteServerTransaction, invite: SipRequest,
-                 offer: SessionDescription | None, app_dir: Any) -> None:
+                 offer: SessionDescription | None) -> None:
         self.engine = engine
         self.txn = txn
         self.invite = invite
         self.offer = offer  # None: the INVITE had no SDP; we offer in the 200, ACK answers
-        self.app_dir = app_dir
+        self.app_dir: Path | None = None  # set when a task (of an app) takes the call
         self.call_id = invite.call_id
         self.local_tag = new_tag()
         self.local_ip = engine.local_ip_for(txn.addr[0])  # for Contact and SDP
@@ -141,6 +142,7 @@ class InboundLeg:
 
     async def play_file(self, url: str, loop: bool = False) -> None:
         self._require_live("PlayFile")
+        assert self.app_dir is not None
         audio = await self.engine.playback.get(url, self.app_dir)
         self._require_live("PlayFile")
         media = await self._open_media()
