@@ -541,8 +541,11 @@ class SippRun:
         pause_ms: int | None = None,
         workdir: Path | str | None = None,
         extra_args: Sequence[str] = (),
+        sip_port: int | None = None,
     ) -> None:
         self.scenario = scenario
+        # A UAS must listen where the switch's --gateway points: the test picks the port.
+        self.sip_port = sip_port or free_udp_port()
         self.workdir = Path(workdir) if workdir else Path(
             __import__("tempfile").mkdtemp(prefix="sipp-e2e-")
         )
@@ -564,7 +567,7 @@ class SippRun:
             scen_args = ["-sf", str(scenario_path(scenario))]
         cmd = [SIPP, target, *scen_args,
                "-i", LOCALHOST, "-mi", LOCALHOST,
-               "-p", str(free_udp_port()), "-mp", str(sipp_media_port()),
+               "-p", str(self.sip_port), "-mp", str(sipp_media_port()),
                "-s", service, "-m", str(calls), "-nostdin",
                "-timeout", f"{timeout}s", "-timeout_error",
                "-max_retrans", "5",
@@ -603,6 +606,35 @@ class SippRun:
 
     def running(self) -> bool:
         return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        """The -log_file so far (SIPp writes <log> actions as they happen)."""
+        return _read(self.paths["log_path"])
+
+    def wait_log(self, pattern: str, timeout: float = 5.0, count: int = 1) -> list[re.Match[str]]:
+        """Wait until `pattern` (a regex) has matched `count` times in the -log_file (e.g. a
+        UAS's "offer m=audio P" line: where the switch wants the callee's RTP)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = list(re.finditer(pattern, self.log_text()))
+            if len(found) >= count:
+                return found
+            if time.monotonic() >= deadline or not self.running():
+                found = list(re.finditer(pattern, self.log_text()))
+                if len(found) >= count:
+                    return found
+                raise AssertionError(
+                    f"sipp {self.scenario}: {count} x /{pattern}/ not logged within {timeout}s "
+                    f"(running={self.running()})\n--- log ---\n{self.log_text()[-2000:]}"
+                    f"\n--- messages ---\n{_read(self.paths['message_path'])[-4000:]}"
+                )
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGKILL a SIPp that is still running (e.g. a UAS whose calls the test is done with)."""
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def _fill_counts(res: SippResult) -> None:
