@@ -875,6 +875,37 @@ class RtpSink:
             if delay > 0:
                 time.sleep(delay)
 
+    def send_frames(self, dest: tuple[str, int], payloads: Sequence[bytes], pt: int = 0) -> float:
+        """Send one payload per 20 ms frame (160 samples each), paced in real time (blocks);
+        returns the wall time the first frame left."""
+        t0, start = time.monotonic(), time.time()
+        for i, payload in enumerate(payloads):
+            self.send(dest, payload, pt=pt, marker=(i == 0), samples=160)
+            delay = t0 + (i + 1) * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        return start
+
+    def send_dtmf(self, dest: tuple[str, int], digits: str, pt: int = 101, duration_ms: int = 100,
+                  gap_ms: int = 100, volume: int = 10) -> None:  # fmt: skip
+        """RFC 4733 §2.5 events, paced in real time (blocks): per digit, one packet every
+        20 ms with the event's start timestamp and a growing duration (marker on the first),
+        then the end packet sent three times; `gap_ms` of nothing between digits."""
+        for digit in digits:
+            event = DTMF_EVENTS.index(digit.upper())
+            ts = self._send_ts
+            steps = max(1, duration_ms // 20)
+            for i in range(1, steps + 1):
+                end = i == steps
+                body = struct.pack("!BBH", event, (0x80 if end else 0) | (volume & 0x3F), 160 * i)
+                for _ in range(3 if end else 1):
+                    self.sock.sendto(build_rtp(pt, self._send_seq, ts, self.send_ssrc, body,
+                                               marker=(i == 1)), dest)  # fmt: skip
+                    self._send_seq += 1
+                time.sleep(0.02)
+            self._send_ts += 160 * steps + 8 * gap_ms
+            time.sleep(gap_ms / 1000)
+
     # ---- queries
     def snapshot(self, pt: int | None = None, since: float | None = None,
                  until: float | None = None) -> list[RtpPacket]:  # fmt: skip

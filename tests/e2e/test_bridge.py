@@ -1,0 +1,367 @@
+"""Back-to-back calls through the seed's bridge app (js_apps/bridge): SIPp caller ->
+switch -> SIPp callee, both on 127.0.0.1, with an RtpSink on each side standing in for
+the two phones' media ports, so a test sends known audio or digits from one side and
+checks what arrived at the other.
+
+The switch runs with `--gateway sip:127.0.0.1:UAS` (the caller dials the switch, the To
+points at the switch, so the call goes to the gateway) and `--sip-t1 0.05` (Timer B 3.2 s).
+After each call the switch must hold no leg and no task: it is stopped and its
+"stopping: N live calls, M tasks" line must say 0 and 0.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from .harness import (
+    LOCALHOST,
+    RtpSink,
+    SippResult,
+    SippRun,
+    SwitchProcess,
+    dbfs,
+    free_udp_port,
+    g711_decode,
+    g711_encode,
+)
+
+pytestmark = pytest.mark.e2e
+
+OFFER = r"offer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged by uas_*.xml
+ANSWER = r"answer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged by uac_*.xml
+STOP_LINE = re.compile(r"stopping: (\d+) live calls, (\d+) tasks")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def bridge_app(app_dir: Callable[[str], Path]) -> Callable[..., Path]:
+    """bridge_app(timeout_s=None) -> a copy of js_apps/bridge; with timeout_s, the egress
+    waits that long instead of the seed's 60 s (the only change: `ReadInput(60)`)."""
+
+    def make(timeout_s: int | None = None) -> Path:
+        d = app_dir("bridge")
+        if timeout_s is not None:
+            main = d / "main.js"
+            src = main.read_text()
+            assert "ReadInput(60)" in src, src
+            main.write_text(src.replace("ReadInput(60)", f"ReadInput({timeout_s})"))
+        return d
+
+    return make
+
+
+@pytest.fixture
+def callee_sink() -> Iterator[RtpSink]:
+    sink = RtpSink().start()
+    yield sink
+    sink.stop()
+
+
+def start_bridge_switch(switch: Callable[..., SwitchProcess], app: Path, gateway_port: int,
+                        *extra: str) -> SwitchProcess:  # fmt: skip
+    return switch(app, ["--gateway", f"sip:{LOCALHOST}:{gateway_port}", "--sip-t1", "0.05", *extra])
+
+
+def start_uas(sipp_bg: Callable[..., SippRun], scenario: str, *, calls: int = 1,
+              rtpport: int = 9, pause_ms: int | None = None, timeout: float = 20) -> SippRun:  # fmt: skip
+    """A SIPp callee listening on a port of its own (the switch's --gateway points there)."""
+    uas = sipp_bg(scenario, f"{LOCALHOST}:9", sip_port=free_udp_port(), calls=calls,
+                  keys={"rtpport": rtpport}, pause_ms=pause_ms, timeout=timeout)  # fmt: skip
+    time.sleep(0.15)  # let it bind before the switch sends an INVITE there
+    assert uas.running(), uas.wait(1).describe()
+    return uas
+
+
+def media_dest(run: SippRun, pattern: str, timeout: float = 5.0) -> tuple[tuple[str, int], list[int]]:
+    """The switch's RTP address and payload types from the SDP a SIPp side logged."""
+    m = run.wait_log(pattern, timeout)[0]
+    return (m.group(3), int(m.group(1))), [int(x) for x in m.group(2).split()]
+
+
+def stop_clean(sw: SwitchProcess, settle: float = 0.6) -> None:
+    """Stop the switch and assert it held no call leg and no task when told to stop."""
+    time.sleep(settle)  # the last transactions (BYE/200, ACK) and task ends
+    sw.stop()
+    found = STOP_LINE.findall(sw.log_text())
+    assert found, "no 'stopping: N live calls, M tasks' line\n" + sw.log_tail()
+    assert found[-1] == ("0", "0"), f"left behind: {found[-1][0]} calls, {found[-1][1]} tasks\n" + sw.log_tail()
+
+
+def both(*results: SippResult) -> str:
+    return "\n\n".join(r.describe() for r in results)
+
+
+def first(res: SippResult, direction: str, method: str | None = None,
+          status: int | None = None) -> float:  # fmt: skip
+    """Wall time of the first message sent/received with that method and status."""
+    for m in res.messages():
+        if m.direction == direction and (method is None or m.method == method) and m.status == status:
+            return m.time
+    raise AssertionError(f"no {direction} {method} {status}\n" + res.describe())
+
+
+def marked_payloads(n: int, tag: int) -> list[bytes]:
+    """n distinct 160-byte payloads (any byte is a valid G.711 sample): frame i carries
+    (tag, i) in its first 4 bytes, so the far side can tell which frames arrived."""
+    return [struct.pack("!HH", tag, i) + bytes([(7 * i + tag) % 251 + 2]) * 156 for i in range(n)]
+
+
+def tone(seconds: float, freq: float = 1000.0, level: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * 8000)) / 8000
+    return (np.sin(2 * np.pi * freq * t) * level * 32767).astype(np.int16)
+
+
+def frames(encoded: bytes) -> list[bytes]:
+    return [encoded[i:i + 160] for i in range(0, len(encoded) - 159, 160)]
+
+
+def voiced_audio(sink: RtpSink, pt: int, floor_dbfs: float = -50) -> np.ndarray:
+    """The decoded samples of `pt` frames louder than `floor_dbfs` (drops silence the
+    switch may send before or after the relayed audio)."""
+    chunks = [g711_decode(p.payload, pt) for p in sink.snapshot(pt)]
+    return np.concatenate([c for c in chunks if dbfs(c) > floor_dbfs] or [np.zeros(0, np.int16)])
+
+
+def run_threads(*fns: Callable[[], object]) -> None:
+    ts = [threading.Thread(target=f) for f in fns]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+
+
+# --------------------------------------------------------------------------- answered calls
+
+
+def test_bridged_call_relays_ringing_answer_media_and_the_callers_bye(
+    switch, bridge_app, sipp_bg, rtp_sink: RtpSink, callee_sink: RtpSink
+):
+    uas = start_uas(sipp_bg, "uas_ring_answer", rtpport=callee_sink.port, pause_ms=500)
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port)
+    uac = sipp_bg("uac_hangup", sw, keys={"rtpport": rtp_sink.port}, pause_ms=3500, timeout=15)
+
+    to_callee, offer_pts = media_dest(uas, OFFER)
+    to_caller, answer_pts = media_dest(uac, ANSWER)
+    lo, hi = sw.rtp_range
+    assert lo <= to_callee[1] <= hi and lo <= to_caller[1] <= hi, (to_callee, to_caller, sw.rtp_range)
+    assert to_callee[1] != to_caller[1], "one RTP port per leg"
+    assert 0 in offer_pts and answer_pts[0] == 0, (offer_pts, answer_pts)
+
+    up, down = marked_payloads(75, 1), marked_payloads(75, 2)  # 1.5 s each way
+    run_threads(lambda: rtp_sink.send_frames(to_caller, up, 0),
+                lambda: callee_sink.send_frames(to_callee, down, 0))  # fmt: skip
+    rc, rs = uac.wait(), uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+
+    # Signalling: the switch rang the callee at the gateway, 180 and 200 reached the
+    # caller, the caller's 200 came after the callee's, the caller's BYE reached the callee.
+    invite = rs.received("INVITE")[0]
+    assert re.match(rf"INVITE sip:service@{LOCALHOST}:{uas.sip_port}\b", invite.first_line), invite.text
+    assert 180 in rc.statuses() and rc.final_status() == 200, rc.statuses()
+    assert first(rc, "received", "INVITE", 180) < first(rc, "received", "INVITE", 200)
+    assert first(rs, "sent", "INVITE", 200) <= first(rc, "received", "INVITE", 200) + 0.002, \
+        "the caller was answered before the callee answered"
+    assert first(rc, "received", "INVITE", 200) - first(rc, "sent", "INVITE") >= 0.45, \
+        "answered before the callee's 0.5 s of ringing"
+    assert rs.received("BYE") and rc.received("BYE", 200), both(rc, rs)
+
+    # Media, both ways: same codec, so every payload passes through unchanged.
+    for sink, sent, tag, name in ((callee_sink, up, 1, "caller->callee"), (rtp_sink, down, 2, "callee->caller")):
+        sink.wait_quiet(0.3, timeout=3)
+        got = [p.payload for p in sink.snapshot(0) if p.payload[:2] == struct.pack("!H", tag)]
+        assert len(got) >= 0.95 * len(sent), f"{name}: {len(got)}/{len(sent)} of our frames arrived"
+        assert set(got) <= set(sent), f"{name}: payloads were altered"
+        assert got == sorted(got, key=lambda b: struct.unpack("!H", b[2:4])[0]), f"{name}: reordered"
+        pkts = sink.snapshot(0)
+        assert len(sink.ssrcs(0)) == 1 and RtpSink.seq_gaps(pkts) == [], (name, sink.ssrcs(0), RtpSink.seq_gaps(pkts)[:5])
+        assert sink.payload_types() <= {0, 13}, (name, sink.payload_types())
+    assert callee_sink.sources() == {to_callee}, "callee's RTP must come from the port in the offer"
+    assert rtp_sink.sources() == {to_caller}, "caller's RTP must come from the port in the answer"
+    stop_clean(sw)
+
+
+def test_callee_bye_reaches_the_caller(switch, bridge_app, sipp_bg, rtp_sink: RtpSink):
+    uas = start_uas(sipp_bg, "uas_answer_bye", pause_ms=1000)
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port)
+    uac = sipp_bg("uac_pcmu_wait_bye", sw, keys={"rtpport": rtp_sink.port}, timeout=10)
+    rc, rs = uac.wait(), uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+    assert rc.final_status() == 200 and rc.received("BYE"), rc.describe()
+    assert rs.received("BYE", 200), rs.describe()
+    stop_clean(sw)
+
+
+def test_early_media_183_is_relayed_to_the_caller(
+    switch, bridge_app, sipp_bg, rtp_sink: RtpSink, callee_sink: RtpSink
+):
+    uas = start_uas(sipp_bg, "uas_early_media", rtpport=callee_sink.port, pause_ms=2500)
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port)
+    uac = sipp_bg("uac_hangup", sw, keys={"rtpport": rtp_sink.port}, pause_ms=500, timeout=15)
+    to_callee, _ = media_dest(uas, OFFER)
+    early = marked_payloads(50, 3)
+    callee_sink.send_frames(to_callee, early, 0)  # 1 s, while the callee is still at 183
+    rc, rs = uac.wait(), uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+    progress = rc.received("INVITE", 183)
+    assert progress and "m=audio" in progress[0].body, "no 183 with SDP reached the caller\n" + rc.describe()
+    answered = first(rc, "received", "INVITE", 200)
+    got = [p for p in rtp_sink.snapshot(0) if p.payload in set(early)]
+    assert len(got) >= 0.9 * len(early), f"{len(got)}/{len(early)} early-media frames reached the caller"
+    assert all(p.time < answered for p in got), "early media arrived only after the answer"
+    stop_clean(sw)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_callee_busy_486_is_passed_through(switch, bridge_app, sipp_bg, sipp, rtp_sink: RtpSink):
+    uas = start_uas(sipp_bg, "uas_reject_486")
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port)
+    rc = sipp("uac_expect_final", sw, keys={"rtpport": rtp_sink.port}, timeout=10)
+    rs = uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+    assert rc.final_status() == 486, rc.statuses()
+    assert rs.received("ACK"), "the switch must ACK the callee's 486\n" + rs.describe()
+    stop_clean(sw)
+
+
+def test_callee_never_answers_the_app_gives_up_cancels_and_the_caller_gets_480(
+    switch, bridge_app, sipp_bg, sipp, rtp_sink: RtpSink
+):
+    uas = start_uas(sipp_bg, "uas_ring_forever")
+    sw = start_bridge_switch(switch, bridge_app(timeout_s=2), uas.sip_port)
+    t0 = time.monotonic()
+    rc = sipp("uac_expect_final", sw, keys={"rtpport": rtp_sink.port}, timeout=15)
+    took = time.monotonic() - t0
+    rs = uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+    assert rc.final_status() == 480, rc.statuses()
+    assert 1.8 <= took <= 5, f"final after {took:.1f}s; the egress waits 2 s"
+    assert rs.received("CANCEL") and rs.received("ACK"), "callee not CANCELled\n" + rs.describe()
+    stop_clean(sw)
+
+
+def test_unreachable_callee_times_out_with_408(switch, bridge_app, sipp, rtp_sink: RtpSink):
+    # A socket that never answers: the switch's INVITE client transaction retransmits
+    # (Timer A) until Timer B = 64*T1 = 3.2 s with --sip-t1 0.05.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hole:
+        hole.bind((LOCALHOST, 0))
+        sw = start_bridge_switch(switch, bridge_app(), hole.getsockname()[1])
+        t0 = time.monotonic()
+        rc = sipp("uac_expect_final", sw, keys={"rtpport": rtp_sink.port}, timeout=15)
+        took = time.monotonic() - t0
+        hole.setblocking(False)
+        invites = []
+        while True:
+            try:
+                invites.append(hole.recv(65535))
+            except BlockingIOError:
+                break
+    assert rc.ok, rc.describe()
+    assert rc.final_status() == 408, rc.statuses()
+    assert 3.0 <= took <= 6.5, f"408 after {took:.1f}s, Timer B is 3.2 s"
+    assert all(d.startswith(b"INVITE ") for d in invites) and len(invites) >= 5, \
+        f"{len(invites)} INVITE (re)transmissions reached the callee"  # fmt: skip
+    branches = {re.search(rb"branch=([^;\r\n]+)", d).group(1) for d in invites}  # type: ignore[union-attr]
+    assert len(branches) == 1, f"retransmissions must reuse the branch: {branches}"
+    stop_clean(sw)
+
+
+def test_caller_cancel_while_the_callee_rings_cancels_the_callee(
+    switch, bridge_app, sipp_bg, sipp, rtp_sink: RtpSink
+):
+    uas = start_uas(sipp_bg, "uas_ring_forever")
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port)
+    rc = sipp("uac_cancel", sw, keys={"rtpport": rtp_sink.port}, pause_ms=1000, timeout=10)
+    rs = uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+    assert rc.final_status() == 487, rc.statuses()
+    assert rs.received("CANCEL"), rs.describe()
+    stop_clean(sw)
+
+
+# --------------------------------------------------------------------------- media
+
+
+def test_pcmu_caller_to_pcma_callee_is_transcoded_both_ways(
+    switch, bridge_app, sipp_bg, rtp_sink: RtpSink, callee_sink: RtpSink
+):
+    uas = start_uas(sipp_bg, "uas_pcma_answer", rtpport=callee_sink.port, pause_ms=200)
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port)
+    uac = sipp_bg("uac_hangup", sw, keys={"rtpport": rtp_sink.port}, pause_ms=3000, timeout=15)
+    to_callee, offer_pts = media_dest(uas, OFFER)
+    to_caller, answer_pts = media_dest(uac, ANSWER)
+    assert 8 in offer_pts, f"the switch must offer PCMA to the callee: {offer_pts}"
+    assert answer_pts[0] == 0, f"the caller offered PCMU only: {answer_pts}"
+
+    up = g711_encode(tone(1.5, 1000, 0.3), 0)  # the caller speaks u-law
+    down = g711_encode(tone(1.5, 600, 0.1), 8)  # the callee speaks A-law
+    run_threads(lambda: rtp_sink.send_frames(to_caller, frames(up), 0),
+                lambda: callee_sink.send_frames(to_callee, frames(down), 8))  # fmt: skip
+    rc, rs = uac.wait(), uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+
+    for sink, sent, pt_in, pt_out, name in ((callee_sink, up, 0, 8, "caller->callee"),
+                                            (rtp_sink, down, 8, 0, "callee->caller")):  # fmt: skip
+        sink.wait_quiet(0.3, timeout=3)
+        assert pt_out in sink.payload_types() and pt_in not in sink.payload_types(), \
+            f"{name}: payload types {sink.payload_types()}, expected {pt_out}"  # fmt: skip
+        heard = voiced_audio(sink, pt_out)
+        sent_level = dbfs(g711_decode(sent, pt_in))
+        assert len(heard) >= 0.9 * len(sent), f"{name}: {len(heard)} of {len(sent)} samples arrived"
+        assert abs(dbfs(heard) - sent_level) <= 1.0, \
+            f"{name}: {dbfs(heard):.2f} dBFS arrived, {sent_level:.2f} dBFS sent"  # fmt: skip
+    stop_clean(sw)
+
+
+def test_rfc4733_digits_from_the_caller_reach_the_callee(
+    switch, bridge_app, sipp_bg, rtp_sink: RtpSink, callee_sink: RtpSink
+):
+    uas = start_uas(sipp_bg, "uas_ring_answer", rtpport=callee_sink.port, pause_ms=200)
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port)
+    uac = sipp_bg("uac_hangup", sw, keys={"rtpport": rtp_sink.port}, pause_ms=3000, timeout=15)
+    media_dest(uas, OFFER)
+    to_caller, _ = media_dest(uac, ANSWER)
+    offer = uas.wait_log(r"te=a=rtpmap:(\d+) telephone-event")[0]
+    callee_te = 101  # uas_ring_answer answers telephone-event as 101
+    assert offer.group(1) == "101", f"switch offered telephone-event as {offer.group(1)}"
+    rtp_sink.send_stream(to_caller, 0.2, 0)  # a little audio first, as phones do
+    rtp_sink.send_dtmf(to_caller, "159#", pt=101)
+    rc, rs = uac.wait(), uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+    callee_sink.wait_quiet(0.3, timeout=3)
+    assert callee_sink.dtmf_digits(callee_te) == "159#", \
+        f"digits at the callee: {callee_sink.dtmf_digits(callee_te)!r}; PTs {callee_sink.payload_types()}"
+    ends = [p for p in callee_sink.snapshot(callee_te) if p.payload[1] & 0x80]
+    assert ends, "no RFC 4733 end-of-event packet was relayed"
+    stop_clean(sw)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def test_100_bridged_calls_at_20_per_second_held_10s(switch, bridge_app, sipp_bg, tmp_path):
+    n = 100
+    uas = start_uas(sipp_bg, "uas_ring_answer", calls=n, pause_ms=100, timeout=40)
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port, "--log-level", "info")
+    t0 = time.monotonic()
+    uac = sipp_bg("uac_hangup", sw, calls=n, rate=20, pause_ms=10_000, timeout=40,
+                  extra_args=["-l", str(n)])  # fmt: skip
+    rc = uac.wait(60)
+    rs = uas.wait(15)
+    took = time.monotonic() - t0
+    assert rc.ok and rc.created == n and rc.failed == 0, rc.describe(3000)
+    assert rs.ok and rs.successful == n and rs.failed == 0, rs.describe(3000)
+    assert took < 25, f"100 calls at 20/s held 10 s took {took:.1f}s"
+    stop_clean(sw, settle=1.0)
