@@ -1,6 +1,11 @@
 """``softswitch``: the command line.
 
     softswitch run [--listen HOST:PORT] [--rtp-ports LOW-HIGH] [--app DIR] ...
+    softswitch installapp NAME git URL COMMIT | apps | removeapp NAME | calls | status
+    softswitch route list | add PATTERN APP | remove INDEX
+
+``run`` is the switch; the others talk to a running one over its control API
+(switch/control/commands.py).
 
 argparse (stdlib) is enough for a handful of subcommands and keeps the
 dependency list short.
@@ -16,17 +21,22 @@ import sys
 
 from . import logs
 from .config import DEFAULT_APP, ConfigError, load
+from .control.commands import add_commands as add_control_commands
+from .control.commands import run as run_control_command
 
 RUN_HELP = """\
 Run the switch in the foreground. Every inbound INVITE starts a JavaScript task
-running Main() of the app (default: the bundled greeting, which answers, plays a
-greeting and hangs up). Settings come from built-in defaults, then --config FILE
-(TOML, same names with '_' for '-'), then these flags.
+running Main() of an app: the installed app its route picks (softswitch installapp,
+softswitch route), else the app installed as 'default', else the bundled greeting
+(answers, plays a greeting, hangs up). With --app DIR that one app serves every call
+(development: edit, restart, call). Settings come from built-in defaults, then
+--config FILE (TOML, same names with '_' for '-'), then these flags.
 
 SIGTERM or Ctrl-C drains: new calls get 503, running calls get BYE, exit 0.
 
 examples:
-  softswitch run                                  # 0.0.0.0:5060, greeting app
+  softswitch run                                  # 0.0.0.0:5060, installed apps
+  softswitch installapp default git /srv/git/app 0a3124f   # from another shell
   softswitch run --listen 127.0.0.1:5070 --app ./myapp --log-level debug
   sipp -sn uac 127.0.0.1:5060 -m 1               # place a test call
 """
@@ -47,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rtp-ports", metavar="LOW-HIGH",
                      help="UDP port range for RTP, one even port per call leg (default 20000-29999)")
     run.add_argument("--app", metavar="DIR",
-                     help=f"directory of the JS app (its main.js defines Main) serving every call "
-                          f"(default: the bundled {DEFAULT_APP.name} app)")
+                     help="directory of a JS app (its main.js defines Main) serving every call: "
+                          "development mode, no installs (default: the installed apps, see installapp; "
+                          f"the bundled {DEFAULT_APP.name} app until one is installed as 'default')")
     run.add_argument("--data-dir", metavar="DIR",
                      help="where the switch keeps state and caches (default ~/.local/state/softswitch, "
                           "or /var/lib/softswitch as root)")
@@ -61,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="live call limit; more INVITEs get 503 (default 5000)")
     run.add_argument("--task-memory-mb", type=int, metavar="MB",
                      help="memory limit of each call's JS context (default 32)")
+    run.add_argument("--control", metavar="HOST:PORT",
+                     help="control API for installapp/apps/calls/route (default 127.0.0.1:5080; 'off' "
+                          "disables; beyond loopback it needs control_token in the config)")
+    add_control_commands(sub)
     return parser
 
 
@@ -68,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if hasattr(args, "func"):
+        return run_control_command(args)
     return 2
 
 
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "listen", "rtp_ports", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
-        "task_memory_mb")}
+        "task_memory_mb", "control")}
     try:
         config = load(args.config, overrides)
     except ConfigError as exc:

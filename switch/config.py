@@ -11,19 +11,30 @@ the flags. Keys in the file are the flag names with '_' for '-':
     advertise = "203.0.113.10"   # address put in Contact/SDP when behind NAT
     max_calls = 5000
     task_memory_mb = 32
+    control = "127.0.0.1:5080"   # control API (softswitch installapp/apps/calls...); "off" disables
+    control_token = "..."        # required as "Authorization: Bearer ..." when set
+
+    [[routes]]                   # which installed app serves an INVITE (after the API's rules)
+    match = "1800*"              # Request-URI user glob, or "@domain" glob
+    app = "tollfree"
+
+Without ``app`` the switch serves installed apps (``softswitch installapp``) through the
+route table; with it, that one directory serves every call (development mode).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_APPS = PACKAGE_ROOT / "js_apps"
 DEFAULT_APP = BUNDLED_APPS / "greeting"
+DEFAULT_CONTROL = "127.0.0.1:5080"
 
 
 class ConfigError(ValueError):
@@ -41,13 +52,16 @@ def default_data_dir() -> Path:
 class Config:
     listen: str = "0.0.0.0:5060"
     rtp_ports: str = "20000-29999"
-    app: str = str(DEFAULT_APP)
+    app: str = ""  # "": installed apps + routes (DEFAULT_APP serves 'default' until one is installed)
     data_dir: str = ""
     log_level: str = "info"
     log_format: str = "text"
     advertise: str = ""
     max_calls: int = 5000
     task_memory_mb: int = 32
+    control: str = ""  # "": 127.0.0.1:5080, best effort (a busy port only logs); "off"; HOST:PORT
+    control_token: str = ""
+    routes: list = field(default_factory=list)  # [{"match": PATTERN, "app": NAME}, ...]
 
     # ---- parsed views, validated once
     @property
@@ -75,10 +89,42 @@ class Config:
             raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be text or json, not {self.log_format!r}")
-        if not (Path(self.app) / "main.js").is_file():
+        if self.app and not (Path(self.app) / "main.js").is_file():
             raise ConfigError(f"app {self.app!r} has no main.js: point --app at a directory holding main.js")
         if self.max_calls < 1 or self.task_memory_mb < 1:
             raise ConfigError("max_calls and task_memory_mb must be positive")
+        addr = self.control_addr
+        if addr is not None and not _is_loopback(addr[0]) and not self.control_token:
+            raise ConfigError(f"control {self.control!r} listens beyond this host: set control_token in the "
+                              "config file, or bind it to 127.0.0.1")
+        self.route_rules  # noqa: B018
+
+    @property
+    def control_addr(self) -> tuple[str, int] | None:
+        """The control API's address; None when "off"."""
+        if self.control.lower() == "off":
+            return None
+        return parse_hostport(self.control or DEFAULT_CONTROL, "control")
+
+    @property
+    def route_rules(self) -> list[Any]:
+        from .apps.routing import Route, RouteError
+
+        if not isinstance(self.routes, list):
+            raise ConfigError("routes must be a list of [[routes]] tables with match and app")
+        try:
+            return [Route.parse(r) for r in self.routes]
+        except (RouteError, ValueError) as exc:
+            raise ConfigError(f"routes: {exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:

@@ -19,10 +19,12 @@ from media.playback import PlaybackCache
 from media.ports import RtpPortPool
 from media.session import MediaSession
 
+from .apps.store import AppStore
 from .calls.admission import Admission, LoopLagMonitor
 from .calls.engine import CallEngine
 from .calls.leg import InboundLeg
-from .config import Config
+from .config import DEFAULT_APP, Config
+from .control.api import ControlApi
 from .sip.message import SipRequest
 from .sip.transport import SipTransport
 from .tasks.app import AppError, JsApp
@@ -54,8 +56,10 @@ class Switch:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self.app: JsApp | None = None
+        self.app: JsApp | None = None  # --app DIR: this one app serves every call
         self.app_error: str | None = None
+        self.apps: AppStore | None = None  # otherwise: installed apps and routes
+        self.control: ControlApi | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -79,6 +83,7 @@ class Switch:
             advertise=cfg.advertise or None,
         )
         self._load_app()
+        await self._start_control()
         watch_gc_pauses()
         # Everything loaded so far (modules, codecs, tables) lives forever: keep it out
         # of the collector's full passes, which otherwise stall the loop (and RTP) for
@@ -87,9 +92,12 @@ class Switch:
         gc.freeze()
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         logger.info("softswitch listening on udp %s:%d, rtp %s, app %s, data %s",
-                    *self.sip.local_addr, cfg.rtp_ports, cfg.app, cfg.data_path)
+                    *self.sip.local_addr, cfg.rtp_ports, cfg.app or "installed apps", cfg.data_path)
 
     def _load_app(self) -> None:
+        if not self.config.app:
+            self._load_installed_apps()
+            return
         try:
             self.app = JsApp.load("default", Path(self.config.app))
         except AppError as exc:
@@ -98,11 +106,46 @@ class Switch:
             self.app_error = f"app {self.config.app} does not load: {exc}"
             logger.error("%s", self.app_error)
 
+    def _load_installed_apps(self) -> None:
+        """Installed apps and routes from the data dir (switch/apps/store.py); the bundled
+        greeting serves 'default' until an app is installed under that name."""
+        data = self.config.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        self.apps = AppStore(data, config_routes=self.config.route_rules,
+                             fallback=JsApp.load("default", DEFAULT_APP, version="bundled"),
+                             in_use=self._app_dirs_in_use)
+        self.apps.load()
+
+    def _app_dirs_in_use(self) -> set[Path]:
+        """App version directories live calls still use: never pruned under them."""
+        dirs = {leg.app_dir for leg in self.engine.legs.values() if leg.app_dir is not None}
+        dirs.update(t.app.root for t in self.runtime.tasks.values() if t.app.root is not None)
+        return dirs
+
+    async def _start_control(self) -> None:
+        addr = self.config.control_addr
+        if addr is None:
+            return
+        control = ControlApi(self, *addr, token=self.config.control_token)
+        try:
+            await control.start()
+        except OSError as exc:
+            if self.config.control:  # asked for explicitly: not having it is an error
+                raise
+            # The default address is best effort, so two switches on one host both start.
+            logger.warning("control API off: cannot listen on %s:%d (%s); set --control HOST:PORT", *addr, exc)
+            await control.stop()
+            return
+        self.control = control
+
     async def _open_media(self, call_id: str) -> MediaSession:
         return await MediaSession.open(self.loop, self.bind_ip, self.ports, self.clock, f"rtp[{call_id}]")
 
     def app_for(self, invite: SipRequest) -> JsApp:
         """The app that serves this INVITE. Raises AppError when there is none."""
+        if self.apps is not None:
+            uri = invite.request_uri
+            return self.apps.app_for(uri.user, uri.host)
         if self.app is None:
             raise AppError(self.app_error or "no app")
         return self.app
@@ -131,6 +174,8 @@ class Switch:
     async def stop(self) -> None:
         """Drain: refuse new calls (503), BYE the running ones, wait for answers, stop."""
         logger.info("stopping: %d live calls, %d tasks", self.engine.live_calls(), len(self.runtime))
+        if self.control is not None:  # no installs while draining
+            await self.control.stop()
         self.admission.draining = True
         self.engine.hang_up_all("switch shutting down")
         deadline = self.loop.time() + DRAIN_TIMEOUT
