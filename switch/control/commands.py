@@ -163,7 +163,8 @@ def _api(args: argparse.Namespace, method: str, path: str, body: Any = None, tim
 
 
 def _installapp(args: argparse.Namespace) -> None:
-    print(f"fetching {args.url} at {args.commit} ...", flush=True)
+    if not args.json:
+        print(f"fetching {args.url} at {args.commit} ...", flush=True)
     started = time.monotonic()
     rec = _api(args, "PUT", f"/apps/{args.name}", {"source": args.source, "url": args.url, "commit": args.commit},
                timeout=INSTALL_TIMEOUT)
@@ -173,7 +174,8 @@ def _installapp(args: argparse.Namespace) -> None:
     t = rec.get("timings_ms", {})
     print(f"  fetched commit {rec['commit']} in {t.get('fetch', 0):.0f} ms")
     print(f"checking ... {rec.get('files', '?')} file(s) parse, in {t.get('check', 0):.0f} ms")
-    was = f", replacing {rec['previous'][:10]}" if rec.get("previous") else ""
+    prev = rec.get("previous")
+    was = ", replacing " + prev[:10] if prev and prev != rec["commit"] else (" (it was live already)" if prev else "")
     print(f"live: new calls to app {rec['name']!r} run {rec['commit'][:10]}{was} "
           f"({(time.monotonic() - started) * 1000:.0f} ms in all); calls already running keep their code")
 

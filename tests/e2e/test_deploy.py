@@ -219,3 +219,23 @@ def test_broken_commit_unreachable_repo_and_token(deploy, sipp, tmp_path):
     apps = {a["name"]: a for a in json.loads(cli(sw, "apps", "--json", env=token).stdout)}
     assert apps["default"]["requested"] == x1
     assert final(sipp, sw) == 480
+
+
+def test_hot_swap_under_load_drops_no_call(deploy, sipp_bg, tmp_path):
+    """60 calls at 20/s while the app is upgraded and rolled back: every call ends with the
+    code of one whole commit (480 or 486), none with an error, and both codes are seen."""
+    x = AppRepo(tmp_path / "repos" / "x")
+    x1 = x.commit({"main.js": MAIN_JS, "lib/version.js": version_js(480, "x1")}, "x1")
+    x2 = x.commit({"lib/version.js": version_js(486, "x2")}, "x2")
+    sw = deploy()
+    assert install(sw, "default", x, x1).returncode == 0
+    load = sipp_bg("uac_expect_final", sw, calls=60, rate=20, timeout=20)
+    time.sleep(0.8)
+    for commit in (x2, x1, x2):
+        res = install(sw, "default", x, commit)
+        assert res.returncode == 0, res.stderr
+        time.sleep(0.4)
+    res = load.wait()
+    assert res.ok and res.successful == 60, res.describe()
+    codes = [m.status for m in res.received("INVITE") if m.status and m.status >= 200]
+    assert len(codes) == 60 and set(codes) == {480, 486}, codes

@@ -1,0 +1,122 @@
+"""The control API's HTTP surface (switch/control/api.py) against a fake switch: JSON errors,
+the token, the single-app (--app) mode, and the call list read from legs and tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+
+from switch.apps.store import AppStore
+from switch.control.api import ControlApi
+from switch.sip.message import parse_message
+from switch.tasks.app import JsApp
+
+INVITE = (
+    b"INVITE sip:2000@pbx.example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1\r\n"
+    b"From: <sip:alice@example.com>;tag=1\r\nTo: <sip:2000@pbx.example.com>\r\n"
+    b"Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+class State(enum.Enum):
+    RINGING = "ringing"
+
+
+def fake_switch(tmp_path: Path, *, single_app: bool = False) -> Any:
+    loop = asyncio.get_running_loop()
+    app = JsApp.from_sources("sales", {"main.js": "function Main() {}"}, "c0ffee" * 6 + "abcd")
+    task = SimpleNamespace(app=app)
+    leg = SimpleNamespace(call_id="call-1", invite=parse_message(INVITE), state=State.RINGING,
+                          created=loop.time() - 3, task_id=7)
+    store = None if single_app else AppStore(tmp_path, fetch=None)
+    return SimpleNamespace(
+        loop=loop, apps=store, app=app if single_app else None,
+        config=SimpleNamespace(app="/srv/app" if single_app else "", data_path=tmp_path),
+        engine=SimpleNamespace(legs={"call-1;x": leg}, live_calls=lambda: 1),
+        runtime=_Runtime(lambda tid: task if tid == 7 else None),
+    )
+
+
+async def with_api(tmp_path: Path, fn: Any, *, token: str = "", single_app: bool = False) -> None:
+    sw = fake_switch(tmp_path, single_app=single_app)
+    api = ControlApi(sw, "127.0.0.1", 0, token=token)
+    await api._runner.setup()
+    site = aiohttp.web.TCPSite(api._runner, "127.0.0.1", 0)
+    await site.start()
+    port = api._runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            await fn(http)
+    finally:
+        await api.stop()
+
+
+class _Runtime:
+    def __init__(self, get: Any) -> None:
+        self.get = get
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_calls_status_and_json_errors(tmp_path: Path) -> None:
+    async def check(http: aiohttp.ClientSession) -> None:
+        r = await http.get("/calls")
+        calls = (await r.json())["calls"]
+        assert calls == [{"id": "call-1", "app": "sales", "commit": "c0ffee" * 6 + "abcd",
+                          "from": "sip:alice@example.com", "to": "sip:2000@pbx.example.com",
+                          "request_uri": "sip:2000@pbx.example.com", "state": "ringing", "age_s": 3.0, "task": 7}]
+        s = await (await http.get("/status")).json()
+        assert s["live_calls"] == 1 and s["live_tasks"] == 1 and s["mode"] == "installed"
+        r = await http.put("/apps/x", data=b"not json")
+        assert r.status == 400 and "JSON" in (await r.json())["error"]
+        r = await http.put("/apps/x", json={"source": "svn", "url": "u", "commit": "c"})
+        assert r.status == 400 and "svn" in (await r.json())["error"]
+        r = await http.put("/apps/..", json={"url": "u", "commit": "c"})
+        assert r.status in (400, 404)
+        r = await http.get("/nope")
+        assert r.status == 404 and "error" in await r.json()
+        r = await http.delete("/routes/3")
+        assert r.status == 404 and "no route 3" in (await r.json())["error"]
+        r = await http.post("/routes", json={"match": "2*", "app": "sales"})
+        assert (await r.json())["routes"][0]["app"] == "sales"
+
+    asyncio.run(with_api(tmp_path, check))
+
+
+def test_the_token_is_required_when_configured(tmp_path: Path) -> None:
+    async def check(http: aiohttp.ClientSession) -> None:
+        r = await http.get("/apps")
+        assert r.status == 401 and "token" in (await r.json())["error"]
+        r = await http.get("/apps", headers={"Authorization": "Bearer wrong"})
+        assert r.status == 401
+        r = await http.get("/apps", headers={"Authorization": "Bearer s3cret"})
+        assert r.status == 200
+
+    asyncio.run(with_api(tmp_path, check, token="s3cret"))
+
+
+def test_single_app_mode_refuses_installs(tmp_path: Path) -> None:
+    async def check(http: aiohttp.ClientSession) -> None:
+        r = await http.put("/apps/default", json={"url": "u", "commit": "c"})
+        assert r.status == 409 and "--app" in (await r.json())["error"]
+        apps = (await (await http.get("/apps")).json())["apps"]
+        assert apps[0]["source"] == "dir" and apps[0]["live_calls"] == 1
+
+    asyncio.run(with_api(tmp_path, check, single_app=True))
+
+
+def test_non_loopback_control_needs_a_token() -> None:
+    from switch.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="control_token"):
+        load(None, {"control": "0.0.0.0:5080"})
+    assert load(None, {"control": "off"}).control_addr is None
+    assert load(None, {}).control_addr == ("127.0.0.1", 5080)
