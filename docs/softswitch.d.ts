@@ -37,9 +37,22 @@ interface CallCompletedEvent extends TaskEvent {
   type: 'CallCompleted';
 }
 
-/** The other side tore the bridge down or rejected it. */
+/** The other side tore the bridge down or rejected it, or its leg ended. */
 interface BreakBridgeEvent extends TaskEvent {
   type: 'BreakBridge';
+  /** the callee's final status if its call failed */
+  status: number | null;
+  /** why the bridge ended, when known */
+  reason: string | null;
+}
+
+/** A bridge offered by `StartBridge(tid)`: pass the event itself to `StartBridgedCall` or `RejectBridge`. */
+interface UserEvent extends TaskEvent {
+  type: string;
+  /** opaque bridge id */
+  bridge: string;
+  /** tid of the task that called StartBridge */
+  from: number;
 }
 
 /** Sent by another task with `SendEvent(tid, what, param)`; `type` is `what`. */
@@ -77,6 +90,14 @@ declare function StopPlay(): void;
 declare function IsConnected(): boolean;
 /** Hang up (BYE; CANCEL or an error response if unanswered). */
 declare function Disconnect(): void;
+/** Ingress: offer this task's call to task `tid`, which receives a `Bridge` event: the bridge handle. The call is answered when the bridged call is. Event: `Bridge`. */
+declare function StartBridge(tid: number): void;
+/** Egress: place an outbound call to `dest` (a SIP URI, a To header value, or a number routed by the config's gateways) bound to `bridge`; it becomes this task's leg. Returns once the INVITE is sent; then exactly one event: `CallCompleted` when it answers (both legs are joined, the ingress answered), or `Disconnect` with the SIP `status` when it fails. Ringing and early media reach the caller by themselves. Blocks. Event: `CallCompleted`. */
+declare function StartBridgedCall(dest: string, bridge: TaskEvent): void;
+/** Egress: give up the bridge (an unanswered outbound call is cancelled); the ingress task gets a `BreakBridge` event carrying the callee's status, if any. Event: `BreakBridge`. */
+declare function RejectBridge(bridge: TaskEvent): void;
+/** Tear down this task's bridge; the other side gets a `BreakBridge` event. No-op if there is none. Event: `BreakBridge`. */
+declare function BreakBridge(): void;
 /** `evt` is a `Disconnect` event (`evt.status`, `evt.reason`). */
 declare function IsDisconnectEvent(evt: unknown): evt is DisconnectEvent;
 /** `evt` is a `PlayFileCompleted` event (`evt.url`). */

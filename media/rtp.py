@@ -177,3 +177,14 @@ class RtpSender:
         if samples:
             self.timestamp = (ts + samples) & 0xFFFFFFFF
         return _HEADER.pack(0x80, (0x80 | pt) if marker else pt, seq, ts, self.ssrc) + payload
+
+    def relayed(self, payload: bytes, timestamp: int, pt: int, marker: bool = False) -> bytes:
+        """A packet whose timestamp the caller computed (a relayed stream): our SSRC and
+        sequence continue, and our timestamp follows, so a later play() carries on."""
+        if self._marker_pending:
+            marker = True
+            self._marker_pending = False
+        seq = self.sequence_number
+        self.sequence_number = (seq + 1) & 0xFFFF
+        self.timestamp = timestamp & 0xFFFFFFFF
+        return _HEADER.pack(0x80, (0x80 | pt) if marker else pt, seq, self.timestamp, self.ssrc) + payload

@@ -272,6 +272,21 @@ class MediaSession:
         self.packets_sent += 1
         self.bytes_sent += len(payload)
 
+    def send_relayed(self, payload: bytes, timestamp: int, pt: int, marker: bool) -> None:
+        """Send a packet relayed from another leg (media/relay.py decides ts and PT)."""
+        dest = self._latched or self._sdp_dest
+        if not self._can_send or dest is None or self._transport is None:
+            return
+        self._transport.sendto(self._sender.relayed(payload, timestamp, pt, marker), dest)
+        self._last_send = self._loop.time()
+        self.packets_sent += 1
+        self.bytes_sent += len(payload)
+
+    @property
+    def next_timestamp(self) -> int:
+        """The RTP timestamp our next packet would carry."""
+        return self._sender.timestamp
+
     def _playout_finished(self, playout: _Playout) -> None:
         if self._playout is playout:
             self._playout = None

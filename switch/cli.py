@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--control", metavar="HOST:PORT",
                      help="control API for installapp/apps/calls/route (default 127.0.0.1:5080; 'off' "
                           "disables; beyond loopback it needs control_token in the config)")
+    run.add_argument("--gateway", metavar="URI",
+                     help="default gateway for numbers the apps dial (StartBridgedCall), e.g. "
+                          "sip:10.0.0.1:5060; per-prefix gateways go in the config ([[outbound_routes]])")
+    run.add_argument("--sip-t1", type=float, metavar="SECONDS",
+                     help="RFC 3261 timer T1 (default 0.5); an unanswered INVITE fails with 408 "
+                          "after 64*T1")
     add_control_commands(sub)
     return parser
 
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "listen", "rtp_ports", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
-        "task_memory_mb", "control")}
+        "task_memory_mb", "control", "gateway", "sip_t1")}
     try:
         config = load(args.config, overrides)
     except ConfigError as exc:

@@ -13,6 +13,12 @@ the flags. Keys in the file are the flag names with '_' for '-':
     task_memory_mb = 32
     control = "127.0.0.1:5080"   # control API (softswitch installapp/apps/calls...); "off" disables
     control_token = "..."        # required as "Authorization: Bearer ..." when set
+    gateway = "sip:10.0.0.1:5060"  # where StartBridgedCall sends numbers (default gateway)
+    sip_t1 = 0.5                 # RFC 3261 T1; an unanswered INVITE fails with 408 after 64*T1
+
+    [[outbound_routes]]          # numbers starting with prefix go to that gateway instead
+    prefix = "1800"
+    gateway = "sip:10.0.0.2:5060"
 
     [[routes]]                   # which installed app serves an INVITE (after the API's rules)
     match = "1800*"              # Request-URI user glob, or "@domain" glob
@@ -62,6 +68,9 @@ class Config:
     control: str = ""  # "": 127.0.0.1:5080, best effort (a busy port only logs); "off"; HOST:PORT
     control_token: str = ""
     routes: list = field(default_factory=list)  # [{"match": PATTERN, "app": NAME}, ...]
+    gateway: str = ""  # default gateway for numbers dialled by StartBridgedCall: "sip:HOST:PORT"
+    outbound_routes: list = field(default_factory=list)  # [{"prefix": "1800", "gateway": URI}, ...]
+    sip_t1: float = 0.5  # RFC 3261 T1 (s): Timer B/F (no answer -> 408) = 64*T1
 
     # ---- parsed views, validated once
     @property
@@ -98,6 +107,28 @@ class Config:
             raise ConfigError(f"control {self.control!r} listens beyond this host: set control_token in the "
                               "config file, or bind it to 127.0.0.1")
         self.route_rules  # noqa: B018
+        self.gateway_rules  # noqa: B018
+        if not 0.01 <= self.sip_t1 <= 5:
+            raise ConfigError(f"sip_t1 must be between 0.01 and 5 seconds, not {self.sip_t1}")
+
+    @property
+    def gateway_rules(self) -> list[tuple[str, str]]:
+        """[[outbound_routes]] as (prefix, gateway URI), checked; plus --gateway as default."""
+        from .sip.uri import SipUri, UriError
+
+        rules = []
+        try:
+            if self.gateway:
+                SipUri.parse(self.gateway)
+            for r in self.outbound_routes:
+                prefix, gw = str(r["prefix"]), str(r["gateway"])
+                SipUri.parse(gw)
+                rules.append((prefix, gw))
+        except (KeyError, TypeError):
+            raise ConfigError("outbound_routes: each [[outbound_routes]] needs prefix and gateway") from None
+        except UriError as exc:
+            raise ConfigError(f"gateway: {exc} (write it as sip:HOST:PORT)") from None
+        return rules
 
     @property
     def control_addr(self) -> tuple[str, int] | None:

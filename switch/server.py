@@ -21,11 +21,13 @@ from media.session import MediaSession
 
 from .apps.store import AppStore
 from .calls.admission import Admission, LoopLagMonitor
-from .calls.engine import CallEngine
-from .calls.leg import InboundLeg
+from .calls.bridge import Switchboard
+from .calls.engine import CallEngine, OutboundRoutes
+from .calls.inbound import InboundLeg
 from .config import DEFAULT_APP, Config
 from .control.api import ControlApi
 from .sip.message import SipRequest
+from .sip.transaction import TransactionLayer
 from .sip.transport import SipTransport
 from .tasks.app import AppError, JsApp
 from .tasks.runtime import TaskRuntime
@@ -65,7 +67,7 @@ class Switch:
         cfg = self.config
         loop = self.loop
         host, port = cfg.listen_addr
-        self.sip = SipTransport(loop)
+        self.sip = SipTransport(loop, TransactionLayer(t1=cfg.sip_t1))
         await self.sip.listen(host, port)
         self.bind_ip = host
         self.ports = RtpPortPool(*cfg.rtp_range)
@@ -76,20 +78,23 @@ class Switch:
         self.runtime = TaskRuntime(loop, memory_limit=cfg.task_memory_mb * 1024 * 1024)
         self.lag = LoopLagMonitor(loop)
         self.lag.start()
-        self.admission = Admission(self.lag, cfg.max_calls)
+        self.admission = Admission(self.lag, cfg.max_calls,
+                                   rtp_ports_free=lambda: self.ports.capacity - self.ports.in_use)
         self.engine = CallEngine(
             loop, self.sip, self.admission, self.playback,
             open_media=self._open_media, start_call=self._start_call,
             advertise=cfg.advertise or None,
+            gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules),
         )
+        self.runtime.switchboard = Switchboard(self.engine, self.runtime.post)
         self._load_app()
         await self._start_control()
-        watch_gc_pauses()
         # Everything loaded so far (modules, codecs, tables) lives forever: keep it out
         # of the collector's full passes, which otherwise stall the loop (and RTP) for
         # ~100 ms at 300 calls/s (measured with the gc pause log below).
         gc.collect()
         gc.freeze()
+        watch_gc_pauses()
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         logger.info("softswitch listening on udp %s:%d, rtp %s, app %s, data %s",
                     *self.sip.local_addr, cfg.rtp_ports, cfg.app or "installed apps", cfg.data_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ class LoopLagMonitor:
 
 
 class Admission:
-    def __init__(self, lag: LoopLagMonitor, max_calls: int, max_lag: float = 0.1) -> None:
+    def __init__(self, lag: LoopLagMonitor, max_calls: int, max_lag: float = 0.1,
+                 rtp_ports_free: Callable[[], int] = lambda: 2) -> None:
         self.lag = lag
+        self.rtp_ports_free = rtp_ports_free
         self.max_calls = max_calls
         self.max_lag = max_lag
         self.draining = False
@@ -70,6 +73,8 @@ class Admission:
             return "shutting down"
         if live_calls >= self.max_calls:
             return f"call limit {self.max_calls} reached"
+        if self.rtp_ports_free() < 2:  # a bridged call needs two legs
+            return "RTP port range exhausted (widen --rtp-ports)"
         if self.lag.lag > self.max_lag:
             return f"overloaded (loop lag {self.lag.lag * 1000:.0f} ms)"
         return None

@@ -21,7 +21,10 @@ from ..sip.transaction import InviteServerTransaction, ServerTransaction
 from ..sip.transport import SipTransport
 from ..tasks import events
 from .admission import Admission
-from .leg import InboundLeg
+from ..sip.uri import NameAddr, SipUri, UriError
+from ..tasks.boundary import CallError
+from .inbound import InboundLeg
+from .leg import Leg
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class CallEngine:
         open_media: Callable[[str], Any],
         start_call: Callable[[InboundLeg], str | None],
         advertise: str | None = None,
+        gateways: OutboundRoutes | None = None,
     ) -> None:
         self.loop = loop
         self.sip = sip
@@ -50,9 +54,10 @@ class CallEngine:
         self.open_media = open_media  # async (call_id) -> MediaSession
         self._start_call = start_call  # picks the app, starts the task; returns an error text or None
         self.advertise = advertise
+        self.gateways = gateways or OutboundRoutes()
         self._route_cache: dict[str, str] = {}
-        self.legs: dict[str, InboundLeg] = {}  # live legs by Call-ID + local tag
-        self._dialogs: dict[tuple[str, str, str], InboundLeg] = {}
+        self.legs: dict[str, Leg] = {}  # live legs (both directions) by Call-ID + local tag
+        self._dialogs: dict[tuple[str, str, str], Leg] = {}
         self._by_invite: dict[int, InboundLeg] = {}  # id(INVITE server txn) -> leg, for CANCEL
         self.calls_started = 0
         sip.user = self
@@ -75,15 +80,57 @@ class CallEngine:
         return f"{local_ip}:{self.sip.local_addr[1]}"
 
     # ------------------------------------------------------------------ registry
-    def dialog_established(self, leg: InboundLeg) -> None:
+    def register(self, leg: Leg) -> None:
+        self.legs[leg.key] = leg
+
+    def dialog_established(self, leg: Leg) -> None:
         assert leg.dialog is not None
         self._dialogs[leg.dialog.id] = leg
 
-    def forget(self, leg: InboundLeg) -> None:
-        self.legs.pop(f"{leg.call_id};{leg.local_tag}", None)
-        self._by_invite.pop(id(leg.txn), None)
+    def forget(self, leg: Leg) -> None:
+        self.legs.pop(leg.key, None)
+        if isinstance(leg, InboundLeg):
+            self._by_invite.pop(id(leg.txn), None)
         if leg.dialog is not None:
             self._dialogs.pop(leg.dialog.id, None)
+
+    # ------------------------------------------------------------------ outbound routing
+    def route(self, dest: str) -> SipUri:
+        """Where ``StartBridgedCall(dest)`` goes. ``dest`` is a SIP URI, a To header value
+        (``"Bob" <sip:1000@host>``) or a bare number/user. A URI that points at this
+        switch, or a bare number, is routed by its user part through the configured
+        gateways (longest matching prefix, else the default gateway); any other URI is
+        called directly."""
+        text = dest.strip()
+        uri: SipUri | None = None
+        if ":" in text:
+            try:
+                uri = NameAddr.parse(text).sip_uri
+            except (UriError, ValueError):
+                raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number") from None
+            if uri.scheme == "tel":
+                uri, user = None, uri.user or ""
+            elif not self._is_us(uri):
+                return SipUri("sip", uri.user, uri.host, uri.port)
+            else:
+                user = uri.user or ""
+        else:
+            user = text
+        if not user or any(c in user for c in " <>@;"):
+            raise CallError(f"StartBridgedCall: {dest!r} has no user or number to route")
+        gateway = self.gateways.gateway_for(user)
+        if gateway is None:
+            raise CallError(f"StartBridgedCall: no route for {user!r}: configure a gateway "
+                            "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)")
+        return SipUri("sip", user, gateway.host, gateway.port)
+
+    def _is_us(self, uri: SipUri) -> bool:
+        port = uri.port or 5060
+        if port != self.sip.local_addr[1]:
+            return False
+        host = uri.host.strip("[]")
+        return host in ("127.0.0.1", "localhost", self.sip.local_addr[0], self.advertise) or (
+            host in self._route_cache.values())
 
     def live_calls(self) -> int:
         return len(self.legs)
@@ -201,7 +248,7 @@ class CallEngine:
                 self._reply(txn, invite, 400, f"Bad SDP ({exc})"[:100])
                 return
         leg = InboundLeg(self, txn, invite, offer)
-        self.legs[f"{leg.call_id};{leg.local_tag}"] = leg
+        self.register(leg)
         self._by_invite[id(txn)] = leg
         self.calls_started += 1
         error = self._start_call(leg)
@@ -215,6 +262,21 @@ class CallEngine:
             if not leg.ended:
                 leg.hang_up(503, why)
                 leg.notify(events.disconnect(None, why))
+
+
+class OutboundRoutes:
+    """Gateways for numbers: ``(prefix, gateway URI)`` rules, longest prefix first,
+    then the default gateway."""
+
+    def __init__(self, default: str | None = None, routes: list[tuple[str, str]] | None = None) -> None:
+        self.default = SipUri.parse(default) if default else None
+        self.routes = sorted(((p, SipUri.parse(g)) for p, g in routes or []), key=lambda r: -len(r[0]))
+
+    def gateway_for(self, user: str) -> SipUri | None:
+        for prefix, gateway in self.routes:
+            if user.startswith(prefix):
+                return gateway
+        return self.default
 
 
 def local_ip_towards(peer_host: str, bound_ip: str) -> str:

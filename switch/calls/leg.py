@@ -1,8 +1,10 @@
-"""An inbound call leg: one INVITE server dialog plus its media, steered by one task.
+"""What every call leg shares: state, media, the owner task, BYE in both directions.
 
-The leg is the call engine's side of the task boundary (``switch.tasks.boundary``):
-JS verbs arrive as method calls, and what happens to the call (BYE, CANCEL, the
-end of a file) leaves as events posted to the owner task.
+A leg is one SIP dialog (or the attempt at one) plus its media session, steered by
+one task. It is the call engine's side of the task boundary (``switch.tasks.boundary``):
+JS verbs arrive as method calls, and what happens to the call (BYE, CANCEL, the end
+of a file, a digit) leaves as events posted to the owner task. ``InboundLeg`` (UAS,
+``inbound.py``) and ``OutboundLeg`` (UAC, ``outbound.py``) add their side's SIP.
 """
 
 from __future__ import annotations
@@ -11,81 +13,74 @@ import enum
 import logging
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
-from media.sdp import MediaParams, NoCommonCodec, SessionDescription, accept_answer, answer_offer, make_offer
+from media.sdp import MediaParams, NoCommonCodec, SessionDescription, answer_offer
+from media.ports import NoRtpPorts
 from media.session import MediaSession
 
 from ..sip.dialog import Dialog, new_tag
 from ..sip.events import ResponseReceived, TransactionTimedOut
-from ..sip.message import SipRequest, SipResponse, make_response
+from ..sip.message import SipRequest, make_response
 from ..sip.transaction import ClientTransaction, InviteServerTransaction, ServerTransaction
 from ..tasks import events
 from ..tasks.boundary import CallError
 
 if TYPE_CHECKING:
+    from .bridge import Bridge
     from .engine import CallEngine
 
-logger = logging.getLogger(__name__)
-
-
-class LegState(enum.Enum):
-    INCOMING = "Incoming"  # INVITE received; only 100 Trying sent
-    EARLY = "Early"  # a provisional (180/183) sent
-    ANSWERED = "Answered"  # 200 sent, ACK not yet received
-    CONFIRMED = "Confirmed"  # ACK received
-    ENDED = "Ended"
-
-
-_TRANSITIONS = {
-    LegState.INCOMING: frozenset((LegState.EARLY, LegState.ANSWERED, LegState.ENDED)),
-    LegState.EARLY: frozenset((LegState.ANSWERED, LegState.ENDED)),
-    LegState.ANSWERED: frozenset((LegState.CONFIRMED, LegState.ENDED)),
-    LegState.CONFIRMED: frozenset((LegState.ENDED,)),
-    LegState.ENDED: frozenset(),
-}
+logger = logging.getLogger("switch.calls")
 
 SDP = "application/sdp"
 
 
-class InboundLeg:
-    """Implements ``CallControl`` for the task running ``Main()`` for this call."""
+class LegState(enum.Enum):
+    CALLING = "Calling"  # outbound: INVITE sent, nothing back yet
+    INCOMING = "Incoming"  # inbound: INVITE received, only 100 Trying sent
+    EARLY = "Early"  # a provisional (180/183) sent or received
+    ANSWERED = "Answered"  # inbound: 200 sent, ACK not yet received
+    CONFIRMED = "Confirmed"  # the dialog is up (ACK received / sent)
+    ENDED = "Ended"
 
-    def __init__(self, engine: CallEngine, txn: InviteServerTransaction, invite: SipRequest,
-                 offer: SessionDescription | None) -> None:
+
+class Leg:
+    TRANSITIONS: dict[LegState, frozenset[LegState]] = {}
+    kind = "leg"
+
+    def __init__(self, engine: CallEngine, call_id: str, local_ip: str, state: LegState) -> None:
         self.engine = engine
-        self.txn = txn
-        self.invite = invite
-        self.offer = offer  # None: the INVITE had no SDP; we offer in the 200, ACK answers
-        self.app_dir: Path | None = None  # set when a task (of an app) takes the call
-        self.call_id = invite.call_id
+        self.call_id = call_id
         self.local_tag = new_tag()
-        self.local_ip = engine.local_ip_for(txn.addr[0])  # for Contact and SDP
-        self.state = LegState.INCOMING
+        self.local_ip = local_ip  # for Contact, Via and SDP
+        self.state = state
         self.dialog: Dialog | None = None
         self.media: MediaSession | None = None
         self.params: MediaParams | None = None
-        self.our_offer: SessionDescription | None = None
+        self.app_dir: Path | None = None  # for PlayFile paths: the app of the owner task
+        self.bridge: Bridge | None = None
         self.notify: Callable[[dict], None] = lambda event: None
         self.task_id: int | None = None
         self.created = engine.loop.time()
         self.end_reason = ""
+        self.end_status: int | None = None  # the SIP status that ended it, if one did
         self._sdp_session = random.randrange(1, 2**31)
         self._sdp_version = 0
-        self._bye_after_ack = False
-        self._early_media = False
-        self._bye_txn: ClientTransaction | None = None
         self._media_opening: Awaitable[MediaSession] | None = None
-        self.log = logging.LoggerAdapter(logger, {"call": self.call_id})
+        self.log = logging.LoggerAdapter(logger, {"call": call_id})
 
     def __repr__(self) -> str:
-        return f"<InboundLeg {self.call_id} {self.state.value}>"
+        return f"<{type(self).__name__} {self.call_id} {self.state.value}>"
+
+    @property
+    def key(self) -> str:
+        return f"{self.call_id};{self.local_tag}"
 
     # ------------------------------------------------------------------ state
     def _set_state(self, new: LegState) -> None:
-        if new not in _TRANSITIONS[self.state]:
+        if new not in self.TRANSITIONS[self.state]:
             raise CallError(f"call is {self.state.value.lower()}, cannot become {new.value.lower()}")
-        self.log.debug("leg %s: %s -> %s", self.call_id, self.state.value, new.value)
+        self.log.debug("%s %s: %s -> %s", self.kind, self.call_id, self.state.value, new.value)
         self.state = new
 
     @property
@@ -100,59 +95,21 @@ class InboundLeg:
         if self.state is LegState.ENDED:
             raise CallError(f"{verb}: the call has ended ({self.end_reason or 'hung up'})")
 
-    # ------------------------------------------------------------------ CallControl
-    def request_data(self, name: str) -> str | None:
-        key = name.lower()
-        if key in ("request-uri", "ruri", "uri"):
-            return self.invite.uri
-        if key == "method":
-            return self.invite.method
-        if key == "body":
-            return self.invite.body.decode("utf-8", "replace")
-        values = self.invite.get_all(key)
-        return ", ".join(values) if values else None
-
-    def provision(self) -> None:
-        self._require_live("ProvisionCall")
-        if self.state is LegState.INCOMING:
-            self._send_provisional(180)
-
-    async def accept(self) -> None:
-        self._require_live("AcceptCall")
-        if self.answered:
-            return
-        media = await self._open_media()
-        if self.state is LegState.ENDED:  # hung up while the socket was opening
-            raise CallError(f"AcceptCall: the call has ended ({self.end_reason})")
-        body = self._local_sdp(media)
-        self.dialog = self.dialog or Dialog.as_uas(self.invite, self.local_tag, self.engine.contact_for(self.local_ip))
-        response = self._response(200, body=body)
-        self._set_state(LegState.ANSWERED)
-        self.engine.sip.send_response(self.txn, response)
-        self.engine.dialog_established(self)
-
-    def reject(self, code: int, reason: str | None = None) -> None:
-        self._require_live("RejectCall")
-        if not 300 <= code <= 699:
-            raise CallError(f"RejectCall: code must be 300-699, not {code}")
-        if self.answered:
-            raise CallError("RejectCall: the call is already answered; use Disconnect()")
-        self.engine.sip.send_response(self.txn, self._response(code, reason))
-        self._end(f"rejected {code}")
-
+    # ------------------------------------------------------------------ CallControl (shared)
     async def play_file(self, url: str, loop: bool = False) -> None:
         self._require_live("PlayFile")
-        assert self.app_dir is not None
+        if self.app_dir is None:
+            raise CallError("PlayFile: this call belongs to no app")
         audio = await self.engine.playback.get(url, self.app_dir)
         self._require_live("PlayFile")
-        media = await self._open_media()
+        media = await self._media_for_play()
         self._require_live("PlayFile")
-        if not self.answered and not self._early_media:
-            if self.offer is None:
-                raise CallError("PlayFile: early media needs an SDP offer in the INVITE; call AcceptCall() first")
-            self._send_provisional(183, with_sdp=True)  # early media (RFC 3960)
-            self._early_media = True
         media.play(audio, loop, lambda: self.notify(events.play_file_completed(url)))
+
+    async def _media_for_play(self) -> MediaSession:
+        if self.media is None or self.params is None:
+            raise CallError("PlayFile: the call has no media yet")
+        return self.media
 
     def stop_play(self) -> None:
         if self.media is not None:
@@ -161,121 +118,47 @@ class InboundLeg:
     def is_connected(self) -> bool:
         return self.state is not LegState.ENDED
 
-    def disconnect(self) -> None:
-        if self.state is LegState.ENDED:
-            return
-        self.hang_up(480 if not self.answered else None, "disconnected by app")
-
     def task_ended(self, error: str | None) -> None:
         self.task_id = None
         if self.state is not LegState.ENDED:
             self.hang_up(500 if error else 480, "script error" if error else "task ended")
 
-    # ------------------------------------------------------------------ hang up
     def hang_up(self, unanswered_status: int | None, why: str) -> None:
-        """Final error if unanswered, else BYE (after the ACK, RFC 3261 §15)."""
-        if self.state is LegState.ENDED:
-            return
-        if not self.answered:
-            self.engine.sip.send_response(self.txn, self._response(unanswered_status or 480))
-            self._end(why)
-            return
-        if self.state is LegState.ANSWERED:
-            self._bye_after_ack = True  # sent when the ACK (or Timer L) comes
-            self._end(why, keep_dialog=True)
-            return
-        self._end(why, keep_dialog=True)
-        self._send_bye()
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ ending
+    def _end(self, why: str, status: int | None = None, keep_dialog: bool = False) -> None:
+        """The leg is over for its task (IsConnected() false); media stops now."""
+        self.end_reason = why
+        self.end_status = status
+        self._set_state(LegState.ENDED)
+        if self.media is not None:
+            stats = self.media.stats()
+            self.media.close()
+            self.log.info("%s %s ended (%s) after %.1f s; rtp sent %d/%d B, received %d/%d B",
+                          self.kind, self.call_id, why, self.engine.loop.time() - self.created,
+                          stats["packets_sent"], stats["bytes_sent"], stats["packets_received"],
+                          stats["bytes_received"])
+        else:
+            self.log.info("%s %s ended (%s)", self.kind, self.call_id, why)
+        if not keep_dialog:
+            self.engine.forget(self)
+        if self.bridge is not None:
+            self.bridge.leg_ended(self)
 
     def _send_bye(self) -> None:
         assert self.dialog is not None
         bye = self.dialog.create_request("BYE", self.engine.via_sent_by(self.local_ip))
         txn = self.engine.sip.send_request(bye, self.dialog.next_hop(bye))
         txn.user = self  # type: ignore[attr-defined]
-        self._bye_txn = txn
-
-    def _end(self, why: str, keep_dialog: bool = False) -> None:
-        self.end_reason = why
-        self._set_state(LegState.ENDED)
-        if self.media is not None:
-            stats = self.media.stats()
-            self.media.close()
-            self.log.info("call %s ended (%s) after %.1f s; rtp %s", self.call_id, why,
-                          self.engine.loop.time() - self.created, stats)
-        else:
-            self.log.info("call %s ended (%s)", self.call_id, why)
-        if not keep_dialog:
-            self.engine.forget(self)
-
-    # ------------------------------------------------------------------ SIP from the peer
-    def on_ack(self, ack: SipRequest) -> None:
-        if self.offer is None and self.our_offer is not None and ack.body and self.params is None:
-            # Late offer (RFC 3264 §5): the INVITE had no SDP, the ACK carries the answer.
-            try:
-                self.params = accept_answer(self.our_offer, SessionDescription.parse(ack.body))
-                if self.media is not None:
-                    self.media.configure(self.params)
-            except (NoCommonCodec, ValueError) as exc:
-                self.log.warning("call %s: unusable SDP answer in ACK (%s); hanging up", self.call_id, exc)
-                if self.state is LegState.ANSWERED:
-                    self._set_state(LegState.CONFIRMED)
-                    self.hang_up(None, "bad SDP in ACK")
-                    self.notify(events.disconnect(None, "bad SDP in ACK"))
-                return
-        if self.state is LegState.ANSWERED:
-            self._set_state(LegState.CONFIRMED)
-        elif self._bye_after_ack:
-            self._bye_after_ack = False
-            self._send_bye()
-
-    def on_ack_timeout(self) -> None:
-        """RFC 3261 §13.3.1.4: no ACK for our 2xx: end the call with BYE."""
-        if self._bye_after_ack:
-            self._bye_after_ack = False
-            self._send_bye()
-        elif self.state is LegState.ANSWERED:
-            self.log.warning("call %s: no ACK for 200 OK; hanging up", self.call_id)
-            self._set_state(LegState.CONFIRMED)
-            self.hang_up(None, "no ACK")
-            self.notify(events.disconnect(408, "no ACK"))
 
     def on_bye(self, txn: ServerTransaction, bye: SipRequest) -> None:
         self.engine.sip.send_response(txn, make_response(bye, 200))
         if self.state is not LegState.ENDED:
-            self._end("caller hung up")
+            self._end("remote hung up")
             self.notify(events.disconnect(None, "BYE"))
         else:
             self.engine.forget(self)
-
-    def on_cancel(self) -> None:
-        """CANCEL matched our INVITE (the engine already answered the CANCEL 200)."""
-        if self.answered or self.state is LegState.ENDED:
-            return
-        self.engine.sip.send_response(self.txn, self._response(487))
-        self._end("cancelled")
-        self.notify(events.disconnect(487, "CANCEL"))
-
-    def on_reinvite(self, txn: InviteServerTransaction, request: SipRequest) -> None:
-        """Session modification (hold/resume, new address, codec change)."""
-        if self.state is not LegState.CONFIRMED or self.media is None:
-            self.engine.sip.send_response(txn, make_response(request, 491))  # RFC 3261 §14.2
-            return
-        if request.body:
-            try:
-                offer = SessionDescription.parse(request.body)
-                _, params = answer_offer(offer, self.local_ip, self.media.local_port,
-                                         self._sdp_session, self._sdp_version)
-            except NoCommonCodec as exc:
-                self.engine.sip.send_response(txn, make_response(request, 488, headers={"warning": f'305 - "{exc}"'}))
-                return
-            except ValueError as exc:
-                self.engine.sip.send_response(txn, make_response(request, 400, f"Bad SDP ({exc})"[:100]))
-                return
-            self.offer = offer
-            self.params = params
-            self.media.configure(params)
-        body = self._local_sdp(self.media, new_version=True)
-        self.engine.sip.send_response(txn, self._response(200, body=body, request=request))
 
     def on_response(self, event: ResponseReceived | TransactionTimedOut) -> None:
         """Our BYE was answered or timed out: the dialog is gone either way."""
@@ -283,51 +166,56 @@ class InboundLeg:
             return
         self.engine.forget(self)
 
-    # ------------------------------------------------------------------ helpers
+    def on_reinvite(self, txn: InviteServerTransaction, request: SipRequest) -> None:
+        """Session modification (hold/resume, new address, codec change). A re-INVITE
+        without SDP gets our current description as the offer (RFC 3261 §14.2)."""
+        if self.state is not LegState.CONFIRMED or self.media is None:
+            self.engine.sip.send_response(txn, make_response(request, 491))
+            return
+        self._sdp_version += 1  # RFC 3264 §8: any new SDP of ours is a new version
+        if request.body:
+            try:
+                offer = SessionDescription.parse(request.body)
+                answer, params = answer_offer(offer, self.local_ip, self.media.local_port,
+                                              self._sdp_session, self._sdp_version)
+            except NoCommonCodec as exc:
+                self.engine.sip.send_response(txn, make_response(request, 488, headers={"warning": f'305 - "{exc}"'}))
+                return
+            except ValueError as exc:
+                self.engine.sip.send_response(txn, make_response(request, 400, f"Bad SDP ({exc})"[:100]))
+                return
+            self._session_changed(offer)
+            self.params = params
+            self.media.configure(params)
+            body = answer.to_bytes()
+        else:
+            body = self._current_sdp(self.media)
+        headers = {"contact": self.engine.contact_for(self.local_ip), "allow": self.engine.ALLOW,
+                   "content-type": SDP}
+        self.engine.sip.send_response(txn, make_response(request, 200, headers=headers, body=body))
+
+    def _session_changed(self, offer: SessionDescription) -> None:
+        """A re-INVITE brought a new offer (hook)."""
+
+    def _current_sdp(self, media: MediaSession) -> bytes:
+        """Our session description when the peer asks for an offer (hook)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ media
     async def _open_media(self) -> MediaSession:
         if self.media is None:
             if self._media_opening is None:
                 self._media_opening = self.engine.open_media(self.call_id)
-            media = await self._media_opening
+            try:
+                media = await self._media_opening
+            except NoRtpPorts as exc:
+                raise CallError(str(exc)) from None
             if self.media is None:
                 self.media = media
+                media.on_dtmf = lambda digit: self.notify(events.dtmf(digit))
                 if self.state is LegState.ENDED:
                     media.close()
-            if self.offer is not None and self.params is None:
-                _, self.params = answer_offer(self.offer, self.local_ip, media.local_port,
-                                              self._sdp_session, self._sdp_version)
-            if self.params is not None:
-                media.configure(self.params)
-            media.on_dtmf = lambda digit: self.notify(events.dtmf(digit))
         return self.media
 
-    def _local_sdp(self, media: MediaSession, new_version: bool = False) -> bytes:
-        """Our SDP: the answer to the peer's offer, or our offer for a late-offer INVITE.
-        The 183 and the 200 carry the same answer (RFC 3261 §13.2.1); a re-INVITE
-        answer is a new version (RFC 3264 §8)."""
-        if new_version:
-            self._sdp_version += 1
-        if self.offer is not None:
-            answer, _ = answer_offer(self.offer, self.local_ip, media.local_port,
-                                     self._sdp_session, self._sdp_version)
-            return answer.to_bytes()
-        self.our_offer = make_offer(self.local_ip, media.local_port, self._sdp_session,
-                                    self._sdp_version)
-        return self.our_offer.to_bytes()
 
-    def _response(self, status: int, reason: str | None = None, body: bytes = b"",
-                  request: SipRequest | None = None) -> SipResponse:
-        request = request or self.invite
-        headers: dict[str, str | list[str]] = {}
-        if 100 < status < 300:
-            headers["contact"] = self.engine.contact_for(self.local_ip)
-            headers["allow"] = self.engine.ALLOW
-        if body:
-            headers["content-type"] = SDP
-        return make_response(request, status, reason, to_tag=self.local_tag, headers=headers, body=body)
-
-    def _send_provisional(self, status: int, with_sdp: bool = False) -> None:
-        body = self._local_sdp(self.media) if with_sdp and self.media is not None else b""
-        self.engine.sip.send_response(self.txn, self._response(status, body=body))
-        if self.state is LegState.INCOMING:
-            self._set_state(LegState.EARLY)
+__all__ = ["ClientTransaction", "Leg", "LegState", "SDP"]

@@ -33,7 +33,7 @@ class TransactionUser(Protocol):
 class SipTransport(asyncio.DatagramProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, layer: TransactionLayer | None = None) -> None:
         self.loop = loop
-        self.layer = layer or TransactionLayer()
+        self.layer = layer if layer is not None else TransactionLayer()  # (an empty layer is falsy)
         self.user: TransactionUser | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self.local_addr: Addr = ("0.0.0.0", 0)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import events
+from .boundary import CallError
 
 if TYPE_CHECKING:
     from .runtime import Task
@@ -142,6 +143,33 @@ def _is_connected(task: Task) -> bool:
 
 def _disconnect(task: Task) -> None:
     task.call_leg().disconnect()
+
+
+def _switchboard(task: Task) -> Any:
+    board = task.runtime.switchboard
+    if board is None:
+        raise CallError("bridging is not available in this runtime")
+    return board
+
+
+def _start_bridge(task: Task, tid: int) -> None:
+    _switchboard(task).start_bridge(task, task.call_leg(), tid)
+
+
+def _start_bridged_call(task: Task, dest: str, bridge: Any) -> Any:
+    if not isinstance(bridge, dict) or bridge.get("type") != events.EventType.BRIDGE.value:
+        raise ScriptTypeError("bridge must be the Bridge event that StartBridge delivered")
+    return _switchboard(task).start_bridged_call(task, dest, bridge)
+
+
+def _reject_bridge(task: Task, bridge: Any) -> None:
+    if not isinstance(bridge, dict) or bridge.get("type") != events.EventType.BRIDGE.value:
+        raise ScriptTypeError("bridge must be the Bridge event that StartBridge delivered")
+    _switchboard(task).reject_bridge(task, bridge)
+
+
+def _break_bridge(task: Task) -> None:
+    _switchboard(task).break_bridge(task)
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -268,6 +296,51 @@ VERBS: list[JsVerb] = [
         "Hang up (BYE; CANCEL or an error response if unanswered).",
         _disconnect,
         section="call",
+    ),
+    # -- bridging (the seed's ingress/egress pattern)
+    JsVerb(
+        "StartBridge",
+        (Param("tid", "tid"),),
+        "void",
+        events.EventType.BRIDGE.value,
+        "Ingress: offer this task's call to task `tid`, which receives a `Bridge` event: the "
+        "bridge handle. The call is answered when the bridged call is.",
+        _start_bridge,
+        section="bridge",
+    ),
+    JsVerb(
+        "StartBridgedCall",
+        (Param("dest", "string"), Param("bridge", "event")),
+        "void",
+        _ET.CALL_COMPLETED.value,
+        "Egress: place an outbound call to `dest` (a SIP URI, a To header value, or a number "
+        "routed by the config's gateways) bound to `bridge`; it becomes this task's leg. "
+        "Returns once the INVITE is sent; then exactly one event: `CallCompleted` when it "
+        "answers (both legs are joined, the ingress answered), or `Disconnect` with the SIP "
+        "`status` when it fails. Ringing and early media reach the caller by themselves.",
+        _start_bridged_call,
+        section="bridge",
+        blocking=True,
+    ),
+    JsVerb(
+        "RejectBridge",
+        (Param("bridge", "event"),),
+        "void",
+        _ET.BREAK_BRIDGE.value,
+        "Egress: give up the bridge (an unanswered outbound call is cancelled); the ingress "
+        "task gets a `BreakBridge` event carrying the callee's status, if any.",
+        _reject_bridge,
+        section="bridge",
+    ),
+    JsVerb(
+        "BreakBridge",
+        (),
+        "void",
+        _ET.BREAK_BRIDGE.value,
+        "Tear down this task's bridge; the other side gets a `BreakBridge` event. No-op if "
+        "there is none.",
+        _break_bridge,
+        section="bridge",
     ),
     # -- event predicates (pure JS)
     JsVerb(

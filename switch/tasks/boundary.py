@@ -57,3 +57,32 @@ class CallControl(Protocol):
     def task_ended(self, error: str | None) -> None:
         """The owner task ended (``error`` is the logged error text if it threw)."""
         ...
+
+
+class BridgingTask(Protocol):
+    """What the switchboard may do with the task that calls a bridging verb."""
+
+    tid: int
+
+    def post(self, event: dict) -> bool: ...
+
+    def attach_leg(self, leg: CallControl | None) -> None: ...
+
+
+class Switchboard(Protocol):
+    """Bridging (the seed's ingress/egress pattern), implemented by ``switch/calls``.
+
+    The runtime reaches it as ``TaskRuntime.switchboard``; like ``CallControl``, a method
+    may return an awaitable to block the task, and raises ``CallError`` on failure.
+    """
+
+    def start_bridge(self, task: BridgingTask, leg: CallControl, target: int) -> None: ...
+
+    def start_bridged_call(self, task: BridgingTask, dest: str, handle: dict) -> Awaitable[None] | None: ...
+
+    def reject_bridge(self, task: BridgingTask, handle: dict) -> None: ...
+
+    def break_bridge(self, task: BridgingTask) -> None: ...
+
+    def task_ended(self, tid: int) -> None:
+        """Every task's end, leg or not (a bridge party that ends breaks its bridge)."""

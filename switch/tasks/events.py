@@ -21,6 +21,7 @@ class EventType(enum.StrEnum):
     DTMF = "Dtmf"
     CALL_COMPLETED = "CallCompleted"
     BREAK_BRIDGE = "BreakBridge"
+    BRIDGE = "Bridge"
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,14 @@ def call_completed() -> Event:
     return {"type": EventType.CALL_COMPLETED.value}
 
 
-def break_bridge() -> Event:
-    return {"type": EventType.BREAK_BRIDGE.value}
+def break_bridge(status: int | None = None, reason: str | None = None) -> Event:
+    """The bridge is gone; ``status`` is the callee's final status when its call failed."""
+    return {"type": EventType.BREAK_BRIDGE.value, "status": status, "reason": reason}
+
+
+def bridge_offer(bridge_id: str, sender: int) -> Event:
+    """``StartBridge(tid)`` delivered to ``tid``: the event itself is the bridge handle."""
+    return {"type": EventType.BRIDGE.value, "bridge": bridge_id, "from": sender}
 
 
 def user_event(what: str, param: Any, sender: int | None) -> Event:
@@ -96,8 +103,21 @@ EVENTS: tuple[EventSpec, ...] = (
     EventSpec(
         EventType.BREAK_BRIDGE.value,
         "IsBreakBridgeEvent",
-        (),
-        "The other side tore the bridge down or rejected it.",
+        (
+            EventField("status", "number | null", "the callee's final status if its call failed"),
+            EventField("reason", "string | null", "why the bridge ended, when known"),
+        ),
+        "The other side tore the bridge down or rejected it, or its leg ended.",
+    ),
+    EventSpec(
+        EventType.BRIDGE.value,
+        None,
+        (
+            EventField("bridge", "string", "opaque bridge id"),
+            EventField("from", "number", "tid of the task that called StartBridge"),
+        ),
+        "A bridge offered by `StartBridge(tid)`: pass the event itself to `StartBridgedCall` "
+        "or `RejectBridge`.",
     ),
     EventSpec(
         "<what>",

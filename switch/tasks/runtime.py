@@ -57,7 +57,7 @@ import quickjs
 
 from . import api
 from .app import MAIN, JsApp, ModuleNotFound
-from .boundary import CallControl, CallError
+from .boundary import CallControl, CallError, Switchboard
 from .events import Event
 from .prelude import PRELUDE, PYTHON_NAMES
 
@@ -208,6 +208,7 @@ class TaskRuntime:
         self.memory_limit = memory_limit
         self.max_stack = max_stack
         self._tasks: dict[int, Task] = {}
+        self.switchboard: Switchboard | None = None  # bridging, provided by the call engine
         self._next_tid = 1
         self._hub: greenlet.greenlet | None = None
         self._impls: dict[str, Callable[..., Any]] = {v.name: v.impl for v in api.python_verbs()}  # type: ignore[misc]
@@ -381,6 +382,11 @@ class TaskRuntime:
                 task.leg.task_ended(task.error)
             except Exception:
                 task.log.exception("leg.task_ended failed")
+        if self.switchboard is not None:
+            try:
+                self.switchboard.task_ended(task.tid)
+            except Exception:
+                task.log.exception("switchboard.task_ended failed")
 
     def _describe(self, task: Task, text: str) -> tuple[str, str]:
         """JSException text -> ('file:line: message', mapped stack)."""
