@@ -112,3 +112,27 @@ def sipp_bg(tmp_path: Path) -> Iterator[Callable[..., SippRun]]:
     for r in runs:
         if r.running():
             r.wait(timeout=1)
+
+
+@pytest.fixture
+def bridge_app(app_dir: Callable[[str], Path]) -> Callable[..., Path]:
+    """bridge_app(timeout_s=None) -> a copy of js_apps/bridge; with timeout_s, the egress
+    waits that long instead of the seed's 60 s (the only change: `ReadInput(60)`)."""
+
+    def make(timeout_s: int | None = None) -> Path:
+        d = app_dir("bridge")
+        if timeout_s is not None:
+            main = d / "main.js"
+            src = main.read_text()
+            assert "ReadInput(60)" in src, src
+            main.write_text(src.replace("ReadInput(60)", f"ReadInput({timeout_s})"))
+        return d
+
+    return make
+
+
+@pytest.fixture
+def callee_sink() -> Iterator[RtpSink]:
+    sink = RtpSink().start()
+    yield sink
+    sink.stop()

@@ -27,7 +27,7 @@ import uuid
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -1124,3 +1124,57 @@ class RawCall:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# --------------------------------------------------------------------------- bridged calls
+# (tests/e2e/test_bridge.py, test_phone.py): the switch with --gateway, a SIPp callee on a
+# port of its own, the RTP addresses the SIPp sides logged, a clean stop.
+
+OFFER = r"offer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged by uas_*.xml
+ANSWER = r"answer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged by uac_*.xml
+STOP_LINE = re.compile(r"stopping: (\d+) live calls, (\d+) tasks")
+
+
+def start_bridge_switch(switch: "Callable[..., SwitchProcess]", app: Path, gateway_port: int,
+                        *extra: str, **kw: object) -> SwitchProcess:  # fmt: skip
+    """The switch (via the `switch` fixture) with --gateway at a callee on 127.0.0.1 and
+    --sip-t1 0.05 (Timer B 3.2 s); `kw` goes to SwitchProcess (e.g. rtp_range: a bridged
+    call takes two legs, 4 ports)."""
+    return switch(app, ["--gateway", f"sip:{LOCALHOST}:{gateway_port}", "--sip-t1", "0.05", *extra], **kw)
+
+
+def start_uas(sipp_bg: "Callable[..., SippRun]", scenario: str, *, calls: int = 1,
+              rtpport: int = 9, pause_ms: int | None = None, timeout: float = 20) -> SippRun:  # fmt: skip
+    """A SIPp callee listening on a port of its own (the switch's --gateway points there)."""
+    uas = sipp_bg(scenario, f"{LOCALHOST}:9", sip_port=free_udp_port(), calls=calls,
+                  keys={"rtpport": rtpport}, pause_ms=pause_ms, timeout=timeout)  # fmt: skip
+    time.sleep(0.15)  # let it bind before the switch sends an INVITE there
+    assert uas.running(), uas.wait(1).describe()
+    return uas
+
+
+def media_dest(run: SippRun, pattern: str, timeout: float = 5.0) -> tuple[tuple[str, int], list[int]]:
+    """The switch's RTP address and payload types from the SDP a SIPp side logged."""
+    m = run.wait_log(pattern, timeout)[0]
+    return (m.group(3), int(m.group(1))), [int(x) for x in m.group(2).split()]
+
+
+def stop_clean(sw: SwitchProcess, settle: float = 0.6) -> None:
+    """Stop the switch and assert it held no call leg and no task when told to stop."""
+    time.sleep(settle)  # the last transactions (BYE/200, ACK) and task ends
+    sw.stop()
+    found = STOP_LINE.findall(sw.log_text())
+    assert found, "no 'stopping: N live calls, M tasks' line\n" + sw.log_tail()
+    assert found[-1] == ("0", "0"), f"left behind: {found[-1][0]} calls, {found[-1][1]} tasks\n" + sw.log_tail()
+
+
+def tone(seconds: float, freq: float = 1000.0, level: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * 8000)) / 8000
+    return (np.sin(2 * np.pi * freq * t) * level * 32767).astype(np.int16)
+
+
+def voiced_audio(sink: RtpSink, pt: int, floor_dbfs: float = -50) -> np.ndarray:
+    """The decoded samples of `pt` frames louder than `floor_dbfs` (drops silence the
+    switch may send before or after the relayed audio)."""
+    chunks = [g711_decode(p.payload, pt) for p in sink.snapshot(pt)]
+    return np.concatenate([c for c in chunks if dbfs(c) > floor_dbfs] or [np.zeros(0, np.int16)])

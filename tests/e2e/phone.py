@@ -56,7 +56,7 @@ class Phone:
 
     def __init__(self, *, port: int = 0, tone_wav: Path | str | None = None,
                  auto_answer_ms: int | None = 200, answer_code: int = 200,
-                 workdir: Path | str | None = None, log_level: int = 3) -> None:  # fmt: skip
+                 workdir: Path | str | None = None, log_level: int = 5) -> None:  # fmt: skip
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phone-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "pjsua.log"

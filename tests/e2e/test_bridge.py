@@ -16,86 +16,31 @@ import socket
 import struct
 import threading
 import time
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import numpy as np
 import pytest
 
 from .harness import (
+    ANSWER,
     LOCALHOST,
+    OFFER,
     RtpSink,
     SippResult,
-    SippRun,
-    SwitchProcess,
     dbfs,
-    free_udp_port,
+    free_rtp_range,
     g711_decode,
     g711_encode,
+    media_dest,
+    start_bridge_switch,
+    start_uas,
+    stop_clean,
+    tone,
+    voiced_audio,
 )
 
 pytestmark = pytest.mark.e2e
 
-OFFER = r"offer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged by uas_*.xml
-ANSWER = r"answer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged by uac_*.xml
-STOP_LINE = re.compile(r"stopping: (\d+) live calls, (\d+) tasks")
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def bridge_app(app_dir: Callable[[str], Path]) -> Callable[..., Path]:
-    """bridge_app(timeout_s=None) -> a copy of js_apps/bridge; with timeout_s, the egress
-    waits that long instead of the seed's 60 s (the only change: `ReadInput(60)`)."""
-
-    def make(timeout_s: int | None = None) -> Path:
-        d = app_dir("bridge")
-        if timeout_s is not None:
-            main = d / "main.js"
-            src = main.read_text()
-            assert "ReadInput(60)" in src, src
-            main.write_text(src.replace("ReadInput(60)", f"ReadInput({timeout_s})"))
-        return d
-
-    return make
-
-
-@pytest.fixture
-def callee_sink() -> Iterator[RtpSink]:
-    sink = RtpSink().start()
-    yield sink
-    sink.stop()
-
-
-def start_bridge_switch(switch: Callable[..., SwitchProcess], app: Path, gateway_port: int,
-                        *extra: str) -> SwitchProcess:  # fmt: skip
-    return switch(app, ["--gateway", f"sip:{LOCALHOST}:{gateway_port}", "--sip-t1", "0.05", *extra])
-
-
-def start_uas(sipp_bg: Callable[..., SippRun], scenario: str, *, calls: int = 1,
-              rtpport: int = 9, pause_ms: int | None = None, timeout: float = 20) -> SippRun:  # fmt: skip
-    """A SIPp callee listening on a port of its own (the switch's --gateway points there)."""
-    uas = sipp_bg(scenario, f"{LOCALHOST}:9", sip_port=free_udp_port(), calls=calls,
-                  keys={"rtpport": rtpport}, pause_ms=pause_ms, timeout=timeout)  # fmt: skip
-    time.sleep(0.15)  # let it bind before the switch sends an INVITE there
-    assert uas.running(), uas.wait(1).describe()
-    return uas
-
-
-def media_dest(run: SippRun, pattern: str, timeout: float = 5.0) -> tuple[tuple[str, int], list[int]]:
-    """The switch's RTP address and payload types from the SDP a SIPp side logged."""
-    m = run.wait_log(pattern, timeout)[0]
-    return (m.group(3), int(m.group(1))), [int(x) for x in m.group(2).split()]
-
-
-def stop_clean(sw: SwitchProcess, settle: float = 0.6) -> None:
-    """Stop the switch and assert it held no call leg and no task when told to stop."""
-    time.sleep(settle)  # the last transactions (BYE/200, ACK) and task ends
-    sw.stop()
-    found = STOP_LINE.findall(sw.log_text())
-    assert found, "no 'stopping: N live calls, M tasks' line\n" + sw.log_tail()
-    assert found[-1] == ("0", "0"), f"left behind: {found[-1][0]} calls, {found[-1][1]} tasks\n" + sw.log_tail()
 
 
 def both(*results: SippResult) -> str:
@@ -117,20 +62,8 @@ def marked_payloads(n: int, tag: int) -> list[bytes]:
     return [struct.pack("!HH", tag, i) + bytes([(7 * i + tag) % 251 + 2]) * 156 for i in range(n)]
 
 
-def tone(seconds: float, freq: float = 1000.0, level: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * 8000)) / 8000
-    return (np.sin(2 * np.pi * freq * t) * level * 32767).astype(np.int16)
-
-
 def frames(encoded: bytes) -> list[bytes]:
     return [encoded[i:i + 160] for i in range(0, len(encoded) - 159, 160)]
-
-
-def voiced_audio(sink: RtpSink, pt: int, floor_dbfs: float = -50) -> np.ndarray:
-    """The decoded samples of `pt` frames louder than `floor_dbfs` (drops silence the
-    switch may send before or after the relayed audio)."""
-    chunks = [g711_decode(p.payload, pt) for p in sink.snapshot(pt)]
-    return np.concatenate([c for c in chunks if dbfs(c) > floor_dbfs] or [np.zeros(0, np.int16)])
 
 
 def run_threads(*fns: Callable[[], object]) -> None:
@@ -291,6 +224,24 @@ def test_caller_cancel_while_the_callee_rings_cancels_the_callee(
     stop_clean(sw)
 
 
+def test_no_rtp_port_left_for_the_caller_when_the_callee_answers(switch, bridge_app, sipp_bg):
+    # Ports for three legs; admission wants two free per new call, so two calls 20 ms
+    # apart are both admitted and both outbound legs get ports, then the first answer
+    # takes the last one: answering the second caller (whose media opens at answer)
+    # fails. That caller must get a final error, its answered callee a BYE, and
+    # nothing may be left behind.
+    uas = start_uas(sipp_bg, "uas_ring_answer", calls=2, pause_ms=300, timeout=10)
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port, rtp_range=free_rtp_range(6))
+    rc = sipp_bg("uac_hangup", sw, calls=2, rate=50, pause_ms=500, timeout=10).wait()
+    rs = uas.wait()
+    finals = sorted(m.status for m in rc.received("INVITE") if (m.status or 0) >= 200)
+    assert rc.created == 2 and rc.successful == 1, both(rc, rs)  # uac_hangup fails on an error
+    # (any error will do here; 500/503 would say "our fault" better than 480)
+    assert finals[0] == 200 and 400 <= finals[1] < 700, f"finals {finals}\n" + both(rc, rs)
+    assert len(rs.received("BYE")) == 2 and rs.successful == 2, "both answered callees need a BYE\n" + rs.describe()
+    stop_clean(sw)
+
+
 # --------------------------------------------------------------------------- media
 
 
@@ -354,7 +305,8 @@ def test_rfc4733_digits_from_the_caller_reach_the_callee(
 def test_100_bridged_calls_at_20_per_second_held_10s(switch, bridge_app, sipp_bg, tmp_path):
     n = 100
     uas = start_uas(sipp_bg, "uas_ring_answer", calls=n, pause_ms=100, timeout=40)
-    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port, "--log-level", "info")
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port, log_level="info",
+                             rtp_range=free_rtp_range(4 * n + 40))  # two legs per call
     t0 = time.monotonic()
     uac = sipp_bg("uac_hangup", sw, calls=n, rate=20, pause_ms=10_000, timeout=40,
                   extra_args=["-l", str(n)])  # fmt: skip
