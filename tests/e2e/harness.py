@@ -1140,7 +1140,34 @@ def start_bridge_switch(switch: "Callable[..., SwitchProcess]", app: Path, gatew
     """The switch (via the `switch` fixture) with --gateway at a callee on 127.0.0.1 and
     --sip-t1 0.05 (Timer B 3.2 s); `kw` goes to SwitchProcess (e.g. rtp_range: a bridged
     call takes two legs, 4 ports)."""
-    return switch(app, ["--gateway", f"sip:{LOCALHOST}:{gateway_port}", "--sip-t1", "0.05", *extra], **kw)
+    control = ["--control", f"{LOCALHOST}:{free_tcp_port()}"] if "--control" not in extra else []
+    return switch(app, ["--gateway", f"sip:{LOCALHOST}:{gateway_port}", "--sip-t1", "0.05",
+                        *control, *extra], **kw)  # fmt: skip
+
+
+def free_tcp_port(host: str = LOCALHOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def control_status(sw: SwitchProcess, timeout: float = 1.0) -> dict[str, object] | None:
+    """GET /status from the switch's control API (docs/control-api.md), if it was started
+    with --control HOST:PORT; None when there is none or it does not answer."""
+    import json
+    import urllib.request
+
+    args = sw.command()
+    if "--control" not in args:
+        return None
+    addr = args[args.index("--control") + 1]
+    if addr == "off":
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{addr}/status", timeout=timeout) as r:
+            return dict(json.loads(r.read()))
+    except (OSError, ValueError):
+        return None
 
 
 def start_uas(sipp_bg: "Callable[..., SippRun]", scenario: str, *, calls: int = 1,
@@ -1159,10 +1186,23 @@ def media_dest(run: SippRun, pattern: str, timeout: float = 5.0) -> tuple[tuple[
     return (m.group(3), int(m.group(1))), [int(x) for x in m.group(2).split()]
 
 
-def stop_clean(sw: SwitchProcess, settle: float = 0.6) -> None:
-    """Stop the switch and assert it held no call leg and no task when told to stop."""
-    time.sleep(settle)  # the last transactions (BYE/200, ACK) and task ends
+def stop_clean(sw: SwitchProcess, settle: float = 3.0) -> None:
+    """Assert the switch holds no call leg and no task once the calls are over: its control
+    API's /status must reach 0 live calls and 0 tasks within `settle` s (without a control
+    API: wait `settle`/5 s), and at SIGTERM it must log "stopping: 0 live calls, 0 tasks"."""
+    deadline = time.monotonic() + settle
+    status = control_status(sw)
+    if status is None:
+        time.sleep(settle / 5)  # the last transactions (BYE/200, ACK) and task ends
+    while status is not None and (status.get("live_calls"), status.get("live_tasks")) != (0, 0):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+        status = control_status(sw)
     sw.stop()
+    if status is not None:
+        assert (status.get("live_calls"), status.get("live_tasks")) == (0, 0), \
+            f"GET /status {settle}s after the calls: {status}\n" + sw.log_tail()  # fmt: skip
     found = STOP_LINE.findall(sw.log_text())
     assert found, "no 'stopping: N live calls, M tasks' line\n" + sw.log_tail()
     assert found[-1] == ("0", "0"), f"left behind: {found[-1][0]} calls, {found[-1][1]} tasks\n" + sw.log_tail()
