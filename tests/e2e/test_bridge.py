@@ -299,6 +299,19 @@ def test_rfc4733_digits_from_the_caller_reach_the_callee(
     stop_clean(sw)
 
 
+def test_sipp_pcap_digits_reach_the_callee(switch, bridge_app, sipp_bg, callee_sink: RtpSink):
+    # The digits come from SIPp's shipped captures (another RFC 4733 sender than ours).
+    uas = start_uas(sipp_bg, "uas_ring_answer", rtpport=callee_sink.port, pause_ms=100)
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port)
+    uac = sipp_bg("uac_dtmf_pcap", sw, pause_ms=500, timeout=15)
+    rc, rs = uac.wait(), uas.wait()
+    assert rc.ok and rs.ok, both(rc, rs)
+    callee_sink.wait_quiet(0.3, timeout=3)
+    assert callee_sink.dtmf_digits(101) == "15#", \
+        f"digits at the callee: {callee_sink.dtmf_digits(101)!r}; PTs {callee_sink.payload_types()}"  # fmt: skip
+    stop_clean(sw)
+
+
 # --------------------------------------------------------------------------- load
 
 
