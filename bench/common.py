@@ -45,11 +45,12 @@ class LoadResult:
 
 
 def sipp_load(target: str, *, rate: float, calls: int, hold_ms: int, limit: int,
-              timeout: float, extra: list[str] | None = None) -> LoadResult:
-    """Run SIPp's built-in uac at ``rate`` calls/s; count successful and failed calls."""
+              timeout: float, extra: list[str] | None = None, scenario: str | None = "uac") -> LoadResult:
+    """Run a SIPp caller (built-in ``scenario``, or ``-sf FILE`` in ``extra``) at ``rate``
+    calls/s; count successful and failed calls."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-sipp-"))
     screen = workdir / "screen.txt"
-    cmd = [SIPP, "-sn", "uac", target, "-r", str(rate), "-m", str(calls), "-d", str(hold_ms),
+    cmd = [SIPP, *(["-sn", scenario] if scenario else []), target, "-r", str(rate), "-m", str(calls), "-d", str(hold_ms),
            "-l", str(limit), "-i", "127.0.0.1", "-p", str(free_udp_port()), "-nostdin",
            "-timeout", f"{int(timeout)}s", "-trace_screen", "-screen_file", str(screen),
            "-max_socket", "5000", *(extra or [])]
