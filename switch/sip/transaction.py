@@ -68,6 +68,15 @@ class State(enum.Enum):
     TERMINATED = "Terminated"
 
 
+# §17.1.2.2 and §17.2.2 share one shape (Figures 6 and 8).
+_NON_INVITE_TRANSITIONS = {
+    State.TRYING: frozenset((State.PROCEEDING, State.COMPLETED, State.TERMINATED)),
+    State.PROCEEDING: frozenset((State.COMPLETED, State.TERMINATED)),
+    State.COMPLETED: frozenset((State.TERMINATED,)),
+    State.TERMINATED: frozenset(),
+}
+
+
 class Transaction:
     """What all four machines share: identity, state with a transition table, timers."""
 
@@ -226,12 +235,7 @@ class NonInviteServerTransaction(ServerTransaction):
     """RFC 3261 §17.2.2."""
 
     kind = "NIST"
-    TRANSITIONS = {
-        State.TRYING: frozenset((State.PROCEEDING, State.COMPLETED, State.TERMINATED)),
-        State.PROCEEDING: frozenset((State.COMPLETED, State.TERMINATED)),
-        State.COMPLETED: frozenset((State.TERMINATED,)),
-        State.TERMINATED: frozenset(),
-    }
+    TRANSITIONS = _NON_INVITE_TRANSITIONS
 
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
                  now: float) -> None:
@@ -345,12 +349,7 @@ class NonInviteClientTransaction(ClientTransaction):
     """RFC 3261 §17.1.2."""
 
     kind = "NICT"
-    TRANSITIONS = {
-        State.TRYING: frozenset((State.PROCEEDING, State.COMPLETED, State.TERMINATED)),
-        State.PROCEEDING: frozenset((State.COMPLETED, State.TERMINATED)),
-        State.COMPLETED: frozenset((State.TERMINATED,)),
-        State.TERMINATED: frozenset(),
-    }
+    TRANSITIONS = _NON_INVITE_TRANSITIONS
 
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
                  now: float) -> None:
