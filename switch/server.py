@@ -47,8 +47,8 @@ def watch_gc_pauses(threshold: float = 0.02) -> None:
         else:
             pause = time.perf_counter() - started[0]
             if pause > threshold:
-                logger.warning("gc pause %.0f ms (generation %d, %d collected)", pause * 1000,
-                               info["generation"], info["collected"])
+                logger.warning("gc pause %.0f ms (generation %d, %d collected, %d tracked objects)",
+                               pause * 1000, info["generation"], info["collected"], len(gc.get_objects()))
 
     gc.callbacks.append(callback)
 
