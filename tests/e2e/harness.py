@@ -1140,9 +1140,17 @@ def start_bridge_switch(switch: "Callable[..., SwitchProcess]", app: Path, gatew
     """The switch (via the `switch` fixture) with --gateway at a callee on 127.0.0.1 and
     --sip-t1 0.05 (Timer B 3.2 s); `kw` goes to SwitchProcess (e.g. rtp_range: a bridged
     call takes two legs, 4 ports)."""
-    control = ["--control", f"{LOCALHOST}:{free_tcp_port()}"] if "--control" not in extra else []
-    return switch(app, ["--gateway", f"sip:{LOCALHOST}:{gateway_port}", "--sip-t1", "0.05",
-                        *control, *extra], **kw)  # fmt: skip
+    for attempt in range(3):
+        control = ["--control", f"{LOCALHOST}:{free_tcp_port()}"] if "--control" not in extra else []
+        try:
+            return switch(app, ["--gateway", f"sip:{LOCALHOST}:{gateway_port}", "--sip-t1", "0.05",
+                                *control, *extra], **kw)  # fmt: skip
+        except AssertionError as e:
+            # A port picked a moment ago was taken meanwhile (other suites run on this
+            # host too): pick again. Anything else is the switch's failure.
+            if attempt == 2 or not re.search(r"could not bind|cannot listen|address already in use", str(e)):
+                raise
+    raise AssertionError("unreachable")
 
 
 def free_tcp_port(host: str = LOCALHOST) -> int:
