@@ -125,8 +125,9 @@ class CallEngine:
         return SipUri("sip", user, gateway.host, gateway.port)
 
     def _is_us(self, uri: SipUri) -> bool:
-        port = uri.port or 5060
-        if port != self.sip.local_addr[1]:
+        # A To header usually has no port (RFC 3261 §19.1.1 keeps it out of To/From), so
+        # a port-less URI naming one of our addresses is us, whatever port we listen on.
+        if uri.port is not None and uri.port != self.sip.local_addr[1]:
             return False
         host = uri.host.strip("[]")
         return host in ("127.0.0.1", "localhost", self.sip.local_addr[0], self.advertise) or (

@@ -268,6 +268,8 @@ class SwitchProcess:
             "--app", str(self.app_dir),
             "--data-dir", str(self.data_dir),
             "--log-level", self.log_level,
+            # the control API's default port is one per host: tests that want it pass their own
+            *([] if "--control" in self.extra_args else ["--control", "off"]),
             *self.extra_args,
         ]  # fmt: skip
 

@@ -1,0 +1,42 @@
+"""Where StartBridgedCall(dest) goes: CallEngine.route (no sockets: a fake transport)."""
+
+import asyncio
+
+import pytest
+
+from switch.calls.engine import CallEngine, OutboundRoutes
+from switch.tasks.boundary import CallError
+
+
+class FakeSip:
+    local_addr = ("127.0.0.1", 5070)
+    user = None
+
+
+def engine(default="sip:10.0.0.1:5060", routes=(("1800", "sip:10.0.0.2:5080"),)):
+    loop = asyncio.new_event_loop()
+    try:
+        return CallEngine(loop, FakeSip(), None, None, open_media=None, start_call=None,  # type: ignore[arg-type]
+                          gateways=OutboundRoutes(default, list(routes)))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("dest, expected", [
+    ("1000", "sip:1000@10.0.0.1:5060"),                         # bare number: default gateway
+    ("18005551234", "sip:18005551234@10.0.0.2:5080"),           # longest prefix wins
+    ('"Bob" <sip:1000@127.0.0.1:5070>;tag=x', "sip:1000@10.0.0.1:5060"),  # To header naming us
+    ("sip:1000@127.0.0.1", "sip:1000@10.0.0.1:5060"),           # no port (RFC 3261 §19.1.1): us
+    ("sip:bob@192.0.2.7:5062", "sip:bob@192.0.2.7:5062"),       # elsewhere: called directly
+    ("sip:1000@127.0.0.1:5999", "sip:1000@127.0.0.1:5999"),     # our host, another port: not us
+    ("tel:+4930123", "sip:+4930123@10.0.0.1:5060"),
+])
+def test_route(dest, expected):
+    assert str(engine().route(dest)) == expected
+
+
+def test_no_gateway_is_a_clear_error():
+    with pytest.raises(CallError, match="configure a gateway"):
+        engine(default=None, routes=()).route("1000")
+    with pytest.raises(CallError, match="not a SIP URI"):
+        engine().route("sip:")
