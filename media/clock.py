@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class MediaClock:
         self.late_ticks = 0
         self.resyncs = 0
         self.frames_dropped = 0
+        # Send lateness of the last ~60 s of ticks (s): how late the tick's last packet
+        # left compared with the grid point it was due at (start lateness + tick work).
+        self.lateness: deque[float] = deque(maxlen=3000)
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -92,16 +97,28 @@ class MediaClock:
                 )
                 frames = self.max_catchup
         if frames:
+            due = self._start + (self._done + 1) * self.ptime  # the oldest frame sent now
             self._done = index
             self._ticking = True
+            began = time.perf_counter()
             try:
                 self._run(frames, now)
             finally:
                 self._ticking = False
+            self.lateness.append(max(0.0, now - due) + time.perf_counter() - began)
         if self._streams:
             self._handle = self._loop.call_at(
                 self._start + (self._done + 1) * self.ptime, self._tick
             )
+
+    def lateness_ms(self) -> dict[str, float]:
+        """p50/p99/max send lateness over the recent ticks, in ms (loop clock: ~1 ms steps)."""
+        samples = sorted(self.lateness)
+        if not samples:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0, "ticks": 0}
+        pick = lambda q: round(1000 * samples[min(len(samples) - 1, int(q * len(samples)))], 2)  # noqa: E731
+        return {"p50": pick(0.5), "p99": pick(0.99), "max": round(1000 * samples[-1], 2),
+                "ticks": len(samples)}
 
     def _run(self, frames: int, now: float) -> None:
         streams = self._streams

@@ -145,6 +145,14 @@ class ControlApi:
             "app_dir": sw.config.app or None,
             "apps": len(sw.apps.apps) if sw.apps is not None else 0,
             "data_dir": str(sw.config.data_path),
+            "media": {
+                "streams": len(sw.clock),
+                "send_lateness_ms": sw.clock.lateness_ms(),
+                "late_ticks": sw.clock.late_ticks,
+                "frames_dropped": sw.clock.frames_dropped,
+                "rtp_ports_in_use": sw.ports.in_use,
+            },
+            "calls_refused": sw.admission.refused,
         })  # fmt: skip
 
     async def list_apps(self, request: web.Request) -> web.Response:

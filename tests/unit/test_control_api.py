@@ -12,6 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from media.clock import MediaClock
+from media.ports import RtpPortPool
+
 from switch.apps.store import AppStore
 from switch.control.api import ControlApi
 from switch.sip.message import parse_message
@@ -41,6 +44,7 @@ def fake_switch(tmp_path: Path, *, single_app: bool = False) -> Any:
         config=SimpleNamespace(app="/srv/app" if single_app else "", data_path=tmp_path),
         engine=SimpleNamespace(legs={"call-1;x": leg}, live_calls=lambda: 1),
         runtime=_Runtime(lambda tid: task if tid == 7 else None),
+        clock=MediaClock(loop), ports=RtpPortPool(20000, 20099), admission=SimpleNamespace(refused=0),
     )
 
 
@@ -75,6 +79,7 @@ def test_calls_status_and_json_errors(tmp_path: Path) -> None:
                           "request_uri": "sip:2000@pbx.example.com", "state": "ringing", "age_s": 3.0, "task": 7}]
         s = await (await http.get("/status")).json()
         assert s["live_calls"] == 1 and s["live_tasks"] == 1 and s["mode"] == "installed"
+        assert s["media"]["streams"] == 0 and s["media"]["send_lateness_ms"]["ticks"] == 0
         r = await http.put("/apps/x", data=b"not json")
         assert r.status == 400 and "JSON" in (await r.json())["error"]
         r = await http.put("/apps/x", json={"source": "svn", "url": "u", "commit": "c"})

@@ -1,5 +1,6 @@
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -284,3 +285,23 @@ def test_dtmf_receiver_lost_end_and_lost_start():
 def test_dtmf_packets_bad_digit():
     with pytest.raises(ValueError, match="DTMF digit"):
         list(dtmf_packets("x"))
+
+
+def test_lateness_is_recorded_per_tick_and_summarised():
+    async def main():
+        loop = asyncio.get_running_loop()
+        clock = MediaClock(loop, ptime=0.01)
+
+        class Busy:
+            def tick(self, frames, now):
+                time.sleep(0.002)  # work inside the tick counts as lateness
+                return True
+
+        clock.add(Busy())
+        await asyncio.sleep(0.2)
+        clock.stop()
+        stats = clock.lateness_ms()
+        assert stats["ticks"] >= 10
+        assert 2.0 <= stats["p50"] <= stats["p99"] <= stats["max"]
+
+    asyncio.run(main())
