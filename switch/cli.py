@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gateway", metavar="URI",
                      help="default gateway for numbers the apps dial (StartBridgedCall), e.g. "
                           "sip:10.0.0.1:5060; per-prefix gateways go in the config ([[outbound_routes]])")
+    run.add_argument("--watchdog", type=float, metavar="SECONDS", dest="watchdog_s",
+                     help="if the event loop is stuck this long (a script looping without calling any "
+                          "verb), log the task and exit 70 so systemd/the container restarts the switch "
+                          "(default 10; 0 disables)")
     run.add_argument("--sip-t1", type=float, metavar="SECONDS",
                      help="RFC 3261 timer T1 (default 0.5); an unanswered INVITE fails with 408 "
                           "after 64*T1")
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "listen", "rtp_ports", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
-        "task_memory_mb", "control", "gateway", "sip_t1")}
+        "task_memory_mb", "control", "gateway", "sip_t1", "watchdog_s")}
     try:
         config = load(args.config, overrides)
     except ConfigError as exc:

@@ -15,6 +15,8 @@ the flags. Keys in the file are the flag names with '_' for '-':
     control_token = "..."        # required as "Authorization: Bearer ..." when set
     gateway = "sip:10.0.0.1:5060"  # where StartBridgedCall sends numbers (default gateway)
     sip_t1 = 0.5                 # RFC 3261 T1; an unanswered INVITE fails with 408 after 64*T1
+    watchdog_s = 10              # event loop stuck this long (a script looping without a verb):
+                                 # log the task and exit 70 for the supervisor to restart; 0 = off
 
     [[outbound_routes]]          # numbers starting with prefix go to that gateway instead
     prefix = "1800"
@@ -71,6 +73,7 @@ class Config:
     gateway: str = ""  # default gateway for numbers dialled by StartBridgedCall: "sip:HOST:PORT"
     outbound_routes: list = field(default_factory=list)  # [{"prefix": "1800", "gateway": URI}, ...]
     sip_t1: float = 0.5  # RFC 3261 T1 (s): Timer B/F (no answer -> 408) = 64*T1
+    watchdog_s: float = 10.0  # a loop stuck this long (a JS loop that never yields) ends the process; 0: off
 
     # ---- parsed views, validated once
     @property

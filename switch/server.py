@@ -31,6 +31,7 @@ from .sip.transaction import TransactionLayer
 from .sip.transport import SipTransport
 from .tasks.app import AppError, JsApp
 from .tasks.runtime import TaskRuntime
+from .watchdog import LoopWatchdog
 
 logger = logging.getLogger("switch")
 
@@ -87,6 +88,10 @@ class Switch:
             gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules),
         )
         self.runtime.switchboard = Switchboard(self.engine, self.runtime.post)
+        self.watchdog: LoopWatchdog | None = None
+        if cfg.watchdog_s > 0:
+            self.watchdog = LoopWatchdog(loop, self.runtime, cfg.watchdog_s)
+            self.watchdog.start()
         self._load_app()
         await self._start_control()
         # Everything loaded so far (modules, codecs, tables) lives forever: keep it out
@@ -188,6 +193,8 @@ class Switch:
             await asyncio.sleep(0.05)
         await self.runtime.shutdown()
         self.lag.stop()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.clock.stop()
         self.sip.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -210,6 +210,7 @@ class TaskRuntime:
         self._tasks: dict[int, Task] = {}
         self.switchboard: Switchboard | None = None  # bridging, provided by the call engine
         self._specs: dict[str, _VerbSpec] = {}
+        self.running: Task | None = None  # the task whose greenlet is executing, if any
         self._next_tid = 1
         self._hub: greenlet.greenlet | None = None
         self._impls: dict[str, Callable[..., Any]] = {v.name: v.impl for v in api.python_verbs()}  # type: ignore[misc]
@@ -298,6 +299,7 @@ class TaskRuntime:
         g = task._greenlet
         if g is None or g.dead:
             return
+        self.running = task  # for the watchdog: who holds the loop right now
         try:
             if exc is None:
                 g.switch()
@@ -307,6 +309,8 @@ class TaskRuntime:
             raise
         except BaseException:  # _run catches everything; this is a last line of defence
             task.log.exception("task greenlet failed")
+        finally:
+            self.running = None
 
     def _wake(self, task: Task) -> None:
         task._wake_pending = False
