@@ -153,6 +153,8 @@ class ControlApi:
                 "rtp_ports_in_use": sw.ports.in_use,
             },
             "calls_refused": sw.admission.refused,
+            "loop_lag_ms": {"smoothed": round(sw.lag.lag * 1000, 1),
+                            "median_2s": round(sw.lag.sustained * 1000, 1)},
         })  # fmt: skip
 
     async def list_apps(self, request: web.Request) -> web.Response:

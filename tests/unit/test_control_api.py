@@ -45,6 +45,7 @@ def fake_switch(tmp_path: Path, *, single_app: bool = False) -> Any:
         engine=SimpleNamespace(legs={"call-1;x": leg}, live_calls=lambda: 1),
         runtime=_Runtime(lambda tid: task if tid == 7 else None),
         clock=MediaClock(loop), ports=RtpPortPool(20000, 20099), admission=SimpleNamespace(refused=0),
+        lag=SimpleNamespace(lag=0.0, sustained=0.0),
     )
 
 
