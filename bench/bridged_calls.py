@@ -49,9 +49,11 @@ def one_run(rate: float, calls: int, hold_ms: int) -> tuple[int, float, float, f
                     limit=int(concurrent) + 50, timeout=calls / rate + hold_ms / 1000 + 60,
                     extra=["-sf", str(SCENARIO), "-mp", "16000"], scenario=None)
     rss = rss_kib(pid, "VmHWM") / 1024
-    switch.stop()
+    try:
+        switch.stop()
+    finally:
+        uas.kill()
     relayed = sum(int(n) for n in re.findall(r"'(?:a_to_b|b_to_a)': (\d+)", switch.log_text()))
-    uas.terminate()
     uas.wait(10)
     steady = float("nan")
     if "a" in cpu and "b" in cpu and cpu["b"][1] > cpu["a"][1]:

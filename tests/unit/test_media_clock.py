@@ -121,7 +121,7 @@ def test_clock_early_wakeup_sends_nothing_and_rearms():
 
 def test_clock_exception_isolation(caplog):
     loop = FakeLoop()
-    clock = MediaClock(loop)  # type: ignore[arg-type]
+    clock = MediaClock(loop, slots=1)  # type: ignore[arg-type]  # all streams in one tick
 
     class Boom:
         n = 0
@@ -144,7 +144,7 @@ def test_clock_exception_isolation(caplog):
 
 def test_clock_discard_during_tick_and_readd():
     loop = FakeLoop()
-    clock = MediaClock(loop)  # type: ignore[arg-type]
+    clock = MediaClock(loop, slots=1)  # type: ignore[arg-type]  # all streams in one tick
     victim = Recorder()
 
     class Killer:
@@ -162,6 +162,24 @@ def test_clock_discard_during_tick_and_readd():
     assert clock.running
     loop.fire(at=loop.pending()[0].when)
     assert victim.calls == [1]
+
+
+def test_streams_are_spread_over_phases_one_frame_per_ptime_each():
+    loop = FakeLoop()
+    clock = MediaClock(loop, slots=4)  # type: ignore[arg-type]
+    streams = [Recorder() for _ in range(8)]
+    for s in streams:
+        clock.add(s)
+    whens, served = [], []
+    for _ in range(8):  # two frame periods: 8 steps of 5 ms
+        h = loop.pending()[0]
+        whens.append(round(h.when - 1000.0, 4))
+        before = [len(s.calls) for s in streams]
+        loop.fire()
+        served.append(sum(len(s.calls) - b for s, b in zip(streams, before)))
+    assert whens == pytest.approx([0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035])
+    assert served == [2] * 8  # a quarter of the streams per wake-up
+    assert all(s.calls == [1, 1] for s in streams)
 
 
 def test_clock_add_from_inside_a_tick_arms_one_timer():
