@@ -347,12 +347,7 @@ def answer_offer(
         direction = _MIRROR[offer_dir]
         am = MediaDescription("audio", local_port, "RTP/AVP", [str(pt)])
         am.attributes.append(("rtpmap", f"{pt} {codec}/8000"))
-        if dtmf is not None:
-            am.fmts.append(str(dtmf))
-            am.attributes.append(("rtpmap", f"{dtmf} {TELEPHONE_EVENT}/8000"))
-            am.attributes.append(("fmtp", f"{dtmf} {m.fmtps.get(dtmf) or '0-16'}"))
-        am.attributes.append(("ptime", "20"))
-        am.attributes.append((direction, None))
+        _finish_audio(am, dtmf, m.fmtps.get(dtmf) if dtmf is not None else None, direction)
         answer.media.append(am)
         params = MediaParams(codec, pt, dtmf, remote, direction, m.ptime or 20)
     if params is None:
@@ -362,6 +357,16 @@ def answer_offer(
             f"{offered or 'no m= lines'}"
         )
     return answer, params
+
+
+def _finish_audio(m: MediaDescription, dtmf_pt: int | None, events: str | None, direction: str) -> None:
+    """Our m=audio tail: telephone-event (RFC 4733) if any, 20 ms ptime, the direction."""
+    if dtmf_pt is not None:
+        m.fmts.append(str(dtmf_pt))
+        m.attributes.append(("rtpmap", f"{dtmf_pt} {TELEPHONE_EVENT}/8000"))
+        m.attributes.append(("fmtp", f"{dtmf_pt} {events or '0-16'}"))
+    m.attributes.append(("ptime", "20"))
+    m.attributes.append((direction, None))
 
 
 def make_offer(
@@ -383,12 +388,7 @@ def make_offer(
         pt = _STATIC_BY_NAME[name]
         m.fmts.append(str(pt))
         m.attributes.append(("rtpmap", f"{pt} {name}/8000"))
-    if dtmf_pt is not None:
-        m.fmts.append(str(dtmf_pt))
-        m.attributes.append(("rtpmap", f"{dtmf_pt} {TELEPHONE_EVENT}/8000"))
-        m.attributes.append(("fmtp", f"{dtmf_pt} 0-16"))
-    m.attributes.append(("ptime", "20"))
-    m.attributes.append((direction, None))
+    _finish_audio(m, dtmf_pt, None, direction)
     sd.media.append(m)
     return sd
 
