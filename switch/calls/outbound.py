@@ -165,8 +165,11 @@ class OutboundLeg(Leg):
 
     def _on_answer(self, response: SipResponse) -> None:
         assert self.invite is not None
-        if self.dialog is not None and response.to_tag == self.dialog.remote_tag:
-            self._send_ack()  # §13.2.2.4: a retransmitted 2xx is ACKed again
+        if self.dialog is not None:
+            if response.to_tag == self.dialog.remote_tag:
+                self._send_ack()  # §13.2.2.4: a retransmitted 2xx is ACKed again
+            else:
+                self._refuse_fork(response)
             return
         self.dialog = Dialog.as_uac(self.invite, response, self.engine.contact_for(self.local_ip))
         self._send_ack()
@@ -187,6 +190,20 @@ class OutboundLeg(Leg):
         self.notify(events.call_completed())
         if self.bridge is not None:
             self.bridge.callee_answered(self)
+
+    def _refuse_fork(self, response: SipResponse) -> None:
+        """§13.2.2.4: a forking proxy let a second callee answer. We keep the first
+        dialog; the second is ACKed (as the RFC requires) and then hung up with BYE."""
+        assert self.invite is not None
+        extra = Dialog.as_uac(self.invite, response, self.engine.contact_for(self.local_ip))
+        via = self.engine.via_sent_by(self.local_ip)
+        ack = extra.create_request("ACK", via, cseq=self.invite.cseq.number)
+        self.engine.sip.send_stateless(ack, extra.next_hop(ack))
+        bye = extra.create_request("BYE", via)
+        txn = self.engine.sip.send_request(bye, extra.next_hop(bye))
+        txn.user = _Ignore  # type: ignore[attr-defined]
+        self.log.info("outbound %s: second answer (forked, tag %s) ACKed and hung up",
+                      self.call_id, response.to_tag)
 
     def _send_ack(self) -> None:
         assert self.dialog is not None and self.invite is not None
