@@ -204,9 +204,10 @@ class CallEngine:
         elif method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
             leg.on_reinvite(txn, request)
-        elif method in ("OPTIONS", "INFO", "UPDATE"):
-            # INFO (e.g. SIP INFO DTMF) and UPDATE without SDP are acknowledged;
-            # session changes come by re-INVITE.
+        elif method == "INFO":
+            leg.on_info(txn, request)
+        elif method in ("OPTIONS", "UPDATE"):
+            # UPDATE without SDP is acknowledged; session changes come by re-INVITE.
             self._reply(txn, request, 200, headers={"allow": self.ALLOW})
         elif method in KNOWN_NOT_ALLOWED:
             self._reply(txn, request, 405, headers={"allow": self.ALLOW})

@@ -194,6 +194,15 @@ class Leg:
                    "content-type": SDP}
         self.engine.sip.send_response(txn, make_response(request, 200, headers=headers, body=body))
 
+    def on_info(self, txn: ServerTransaction, request: SipRequest) -> None:
+        """SIP INFO: key presses sent in signalling by phones that don't use RFC 4733
+        (``application/dtmf-relay`` ``Signal=5``, or ``application/dtmf`` ``5``) become the
+        same Dtmf event; any other INFO is acknowledged and ignored."""
+        digit = info_digit(request)
+        self.engine.sip.send_response(txn, make_response(request, 200))
+        if digit is not None and self.state is not LegState.ENDED:
+            self.notify(events.dtmf(digit))
+
     def _session_changed(self, offer: SessionDescription) -> None:
         """A re-INVITE brought a new offer (hook)."""
 
@@ -218,4 +227,29 @@ class Leg:
         return self.media
 
 
-__all__ = ["ClientTransaction", "Leg", "LegState", "SDP"]
+_DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
+def info_digit(request: SipRequest) -> str | None:
+    """The key in a DTMF INFO body, or None (RFC 2976 INFO; the de facto dtmf-relay format)."""
+    ctype = (request.get("content-type") or "").split(";")[0].strip().lower()
+    text = request.body.decode("ascii", "replace")
+    if ctype == "application/dtmf-relay":
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "signal":
+                text = value
+                break
+        else:
+            return None
+    elif ctype != "application/dtmf":
+        return None
+    digit = text.strip().upper()
+    if digit == "10":  # some phones send the event number for * and #
+        digit = "*"
+    elif digit == "11":
+        digit = "#"
+    return digit if digit in _DTMF_DIGITS and len(digit) == 1 else None
+
+
+__all__ = ["ClientTransaction", "Leg", "LegState", "SDP", "info_digit"]

@@ -1115,6 +1115,22 @@ class RawCall:
                     return m.status
         return None
 
+    def info(self, body: str, content_type: str = "application/dtmf-relay", timeout: float = 2.0) -> int | None:
+        """An in-dialog INFO (e.g. SIP INFO DTMF); returns the status of its final response."""
+        assert self.final is not None
+        self.cseq += 1
+        lines = [f"INFO {self.remote_target} SIP/2.0",
+                 *self._headers("INFO", self.cseq, "z9hG4bK-" + uuid.uuid4().hex[:16], self.final.to_tag),
+                 f"Content-Type: {content_type}", f"Content-Length: {len(body.encode())}"]
+        self.sock.send(("\r\n".join(lines) + "\r\n\r\n" + body).encode(), self.target)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for data in self.sock.recv_all(deadline - time.monotonic()):
+                m = self._msg(data)
+                if m.status is not None and m.status >= 200 and m.method == "INFO":
+                    return m.status
+        return None
+
     def media_addr(self) -> tuple[str, int]:
         """The switch's RTP address from its answer."""
         assert self.final is not None

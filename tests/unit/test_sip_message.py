@@ -124,3 +124,21 @@ def test_via_params():
     via = Via.parse("SIP/2.0/UDP 10.0.0.1:5062;rport;branch=z9hG4bKa")
     assert via.params == {"rport": None, "branch": "z9hG4bKa"} and via.port == 5062
     assert str(via) == "SIP/2.0/UDP 10.0.0.1:5062;rport;branch=z9hG4bKa"
+
+
+@pytest.mark.parametrize("ctype, body, digit", [
+    ("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n", "5"),
+    ("application/dtmf-relay", "signal= #\r\n", "#"),
+    ("application/dtmf-relay", "Signal=11\r\n", "#"),
+    ("application/dtmf", "*", "*"),
+    ("application/dtmf-relay", "Duration=160\r\n", None),
+    ("application/dtmf-relay", "Signal=Z\r\n", None),
+    ("text/plain", "5", None),
+])
+def test_sip_info_dtmf_bodies(ctype, body, digit):
+    from switch.calls.leg import info_digit
+
+    req = parse_message(INVITE.replace(b"INVITE sip", b"INFO sip").replace(b"application/sdp", ctype.encode())
+                        .replace(b"Content-Length: 10\r\n\r\nv=0\r\ns=-\r\nEXTRA",
+                                 f"Content-Length: {len(body)}\r\n\r\n{body}".encode()))
+    assert info_digit(req) == digit
