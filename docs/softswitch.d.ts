@@ -25,7 +25,7 @@ interface PlayFileCompletedEvent extends TaskEvent {
   url: string;
 }
 
-/** The caller pressed a key (RFC 4733 telephone-event). */
+/** The caller pressed a key (RFC 4733 telephone-event in RTP, or SIP INFO). */
 interface DtmfEvent extends TaskEvent {
   type: 'Dtmf';
   /** one of 0-9, *, #, A-D */

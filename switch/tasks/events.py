@@ -92,7 +92,7 @@ EVENTS: tuple[EventSpec, ...] = (
         EventType.DTMF.value,
         "IsDtmfEvent",
         (EventField("digit", "string", "one of 0-9, *, #, A-D"),),
-        "The caller pressed a key (RFC 4733 telephone-event).",
+        "The caller pressed a key (RFC 4733 telephone-event in RTP, or SIP INFO).",
     ),
     EventSpec(
         EventType.CALL_COMPLETED.value,
