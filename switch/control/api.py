@@ -107,6 +107,11 @@ class ControlApi:
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
+        # Only application/json: a web page in the operator's browser can send "simple"
+        # cross-origin POSTs (text/plain, forms) to 127.0.0.1 but not JSON ones, so this
+        # keeps such pages from adding routes (PUT/DELETE already need a CORS preflight).
+        if request.content_type != "application/json":
+            raise DeployError("the request body must be JSON (Content-Type: application/json)")
         try:
             return await request.json()
         except (ValueError, UnicodeDecodeError):

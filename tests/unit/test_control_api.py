@@ -91,6 +91,9 @@ def test_calls_status_and_json_errors(tmp_path: Path) -> None:
         assert r.status == 404 and "error" in await r.json()
         r = await http.delete("/routes/3")
         assert r.status == 404 and "no route 3" in (await r.json())["error"]
+        r = await http.post("/routes", data=b'{"match": "9*", "app": "sales"}',
+                            headers={"Content-Type": "text/plain"})  # what a cross-site form can send
+        assert r.status == 400 and "application/json" in (await r.json())["error"]
         r = await http.post("/routes", json={"match": "2*", "app": "sales"})
         assert (await r.json())["routes"][0]["app"] == "sales"
 
