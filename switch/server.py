@@ -69,7 +69,6 @@ class Switch:
         loop = self.loop
         host, port = cfg.listen_addr
         self.sip = SipTransport(loop, TransactionLayer(t1=cfg.sip_t1))
-        await self.sip.listen(host, port)
         self.bind_ip = host
         self.ports = RtpPortPool(*cfg.rtp_range)
         self.clock = MediaClock(loop)
@@ -101,6 +100,8 @@ class Switch:
         gc.freeze()
         watch_gc_pauses()
         cfg.data_path.mkdir(parents=True, exist_ok=True)
+        # SIP last: no INVITE may arrive before the engine and the apps are ready.
+        await self.sip.listen(host, port)
         logger.info("softswitch listening on udp %s:%d, rtp %s, app %s, data %s",
                     *self.sip.local_addr, cfg.rtp_ports, cfg.app or "installed apps", cfg.data_path)
 
