@@ -60,7 +60,7 @@ async def run_git(*args: str, git_dir: Path | None = None, timeout: float = LOCA
     )  # fmt: skip
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         if proc.returncode is None:
             proc.kill()
         await proc.wait()

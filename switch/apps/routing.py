@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 DEFAULT_APP_NAME = "default"
 

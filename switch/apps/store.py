@@ -34,7 +34,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
 from ..tasks.app import AppError, JsApp
 from .git import FetchError, GitMirror, mirror_path

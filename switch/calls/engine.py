@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from media.playback import PlaybackCache
 from media.sdp import NoCommonCodec, SessionDescription, answer_offer

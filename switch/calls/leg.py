@@ -13,7 +13,8 @@ import enum
 import logging
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 from media.sdp import MediaParams, NoCommonCodec, SessionDescription, answer_offer
 from media.ports import NoRtpPorts

@@ -17,7 +17,8 @@ import hmac
 import logging
 import time
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 

@@ -14,7 +14,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 CONTROL_ENV = "SOFTSWITCH_CONTROL"
 TOKEN_ENV = "SOFTSWITCH_TOKEN"

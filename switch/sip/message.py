@@ -14,7 +14,7 @@ values of one name is preserved, so this loses nothing a proxy or UA needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from .uri import NameAddr, SipUri, split_commas
 

@@ -4,7 +4,7 @@ SIPp runs whose files land in the test's tmp dir, and the switch log printed on 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 

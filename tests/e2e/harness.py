@@ -27,7 +27,7 @@ import uuid
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -190,7 +190,7 @@ class SipSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "SipSocket":
+    def __enter__(self) -> SipSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -273,7 +273,7 @@ class SwitchProcess:
             *self.extra_args,
         ]  # fmt: skip
 
-    def start(self) -> "SwitchProcess":
+    def start(self) -> SwitchProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -357,7 +357,7 @@ class SwitchProcess:
         tail = self.log_text().splitlines()[-lines:]
         return f"--- switch log tail ({self.log_path}) ---\n" + "\n".join(tail)
 
-    def __enter__(self) -> "SwitchProcess":
+    def __enter__(self) -> SwitchProcess:
         return self.start()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -819,7 +819,7 @@ class RtpSink:
         self._send_ts = random.randrange(1 << 32)
         self.send_ssrc = random.randrange(1, 1 << 32)
 
-    def start(self) -> "RtpSink":
+    def start(self) -> RtpSink:
         self._thread.start()
         return self
 
@@ -829,7 +829,7 @@ class RtpSink:
             self._thread.join(2)
         self.sock.close()
 
-    def __enter__(self) -> "RtpSink":
+    def __enter__(self) -> RtpSink:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -1153,7 +1153,7 @@ ANSWER = r"answer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged b
 STOP_LINE = re.compile(r"stopping: (\d+) live calls, (\d+) tasks")
 
 
-def start_bridge_switch(switch: "Callable[..., SwitchProcess]", app: Path, gateway_port: int,
+def start_bridge_switch(switch: Callable[..., SwitchProcess], app: Path, gateway_port: int,
                         *extra: str, **kw: object) -> SwitchProcess:  # fmt: skip
     """The switch (via the `switch` fixture) with --gateway at a callee on 127.0.0.1 and
     --sip-t1 0.05 (Timer B 3.2 s); `kw` goes to SwitchProcess (e.g. rtp_range: a bridged
@@ -1196,7 +1196,7 @@ def control_status(sw: SwitchProcess, timeout: float = 1.0) -> dict[str, object]
         return None
 
 
-def start_uas(sipp_bg: "Callable[..., SippRun]", scenario: str, *, calls: int = 1,
+def start_uas(sipp_bg: Callable[..., SippRun], scenario: str, *, calls: int = 1,
               rtpport: int = 9, pause_ms: int | None = None, timeout: float = 20) -> SippRun:  # fmt: skip
     """A SIPp callee listening on a port of its own (the switch's --gateway points there)."""
     uas = sipp_bg(scenario, f"{LOCALHOST}:9", sip_port=free_udp_port(), calls=calls,

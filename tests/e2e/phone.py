@@ -41,7 +41,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -159,7 +160,7 @@ class Phone:
         self._stderr.close()
         return self.proc.returncode
 
-    def __enter__(self) -> "Phone":
+    def __enter__(self) -> Phone:
         return self
 
     def __exit__(self, *exc: object) -> None:

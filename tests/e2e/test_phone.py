@@ -5,7 +5,6 @@ Two calls in all (pjsua2's PyPI build allows 4)."""
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np

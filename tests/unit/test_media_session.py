@@ -276,7 +276,7 @@ def test_dtmf_malformed_and_hooks(run):
         session.on_rtp = relayed.append
         dest = ("127.0.0.1", session.local_port)
         tx = RtpSender()
-        for i, d in enumerate("12#"):
+        for d in "12#":
             for j, payload in enumerate(dtmf_packets(d)):
                 peer.transport.sendto(tx.packet(payload, 0, 101, marker=j == 0), dest)
             tx.advance(800 + 400)

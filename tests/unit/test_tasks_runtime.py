@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from switch.tasks import events
 from switch.tasks.boundary import CallError
 from switch.tasks.runtime import TaskRuntime, TaskState
 from test_tasks_support import FakeLeg, make_app, run, task_logs, until_idle
