@@ -74,8 +74,8 @@ class CallEngine:
             ip = self._route_cache[peer_host] = local_ip_towards(peer_host, self.sip.local_addr[0])
         return ip
 
-    def contact_for(self, local_ip: str) -> str:
-        return f"<sip:{local_ip}:{self.sip.local_addr[1]}>"
+    def contact_for(self, local_ip: str, tcp: bool = False) -> str:
+        return f"<sip:{local_ip}:{self.sip.local_addr[1]}{';transport=tcp' if tcp else ''}>"
 
     def via_sent_by(self, local_ip: str) -> str:
         return f"{local_ip}:{self.sip.local_addr[1]}"

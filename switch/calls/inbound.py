@@ -67,7 +67,9 @@ class InboundLeg(Leg):
         if self.answered:  # answered meanwhile (by a bridge)
             return
         body = self._local_sdp(media)
-        self.dialog = Dialog.as_uas(self.invite, self.local_tag, self.engine.contact_for(self.local_ip))
+        self.dialog = Dialog.as_uas(self.invite, self.local_tag, self._contact())
+        if self.txn.reliable:  # the caller came over TCP: our BYE goes back over its connection
+            self.dialog.transport, self.dialog.connection = "TCP", self.txn.addr
         response = self._response(200, body=body)
         self._set_state(LegState.ANSWERED)
         self.engine.sip.send_response(self.txn, response)
@@ -207,11 +209,14 @@ class InboundLeg(Leg):
         request = request or self.invite
         headers: dict[str, str | list[str]] = {}
         if 100 < status < 300:
-            headers["contact"] = self.engine.contact_for(self.local_ip)
+            headers["contact"] = self._contact()
             headers["allow"] = self.engine.ALLOW
         if body:
             headers["content-type"] = SDP
         return make_response(request, status, reason, to_tag=self.local_tag, headers=headers, body=body)
+
+    def _contact(self) -> str:
+        return self.engine.contact_for(self.local_ip, tcp=self.txn.reliable)
 
     def _send_provisional(self, status: int, with_sdp: bool = False) -> None:
         body = self._local_sdp(self.media) if with_sdp and self.media is not None else b""

@@ -191,7 +191,8 @@ class Leg:
             body = answer.to_bytes()
         else:
             body = self._current_sdp(self.media)
-        headers = {"contact": self.engine.contact_for(self.local_ip), "allow": self.engine.ALLOW,
+        tcp = self.dialog is not None and self.dialog.transport == "TCP"
+        headers = {"contact": self.engine.contact_for(self.local_ip, tcp), "allow": self.engine.ALLOW,
                    "content-type": SDP}
         self.engine.sip.send_response(txn, make_response(request, 200, headers=headers, body=body))
 

@@ -32,7 +32,8 @@ class Dialog:
     local_seq: int = 0
     remote_seq: int | None = None
     local_contact: str = ""
-
+    transport: str = "UDP"  # how the peer reached us ("TCP": requests go over its connection)
+    connection: Addr | None = None  # the peer's TCP connection, reused for our requests
     @property
     def id(self) -> tuple[str, str, str]:
         return (self.call_id, self.local_tag, self.remote_tag)
@@ -101,7 +102,7 @@ class Dialog:
             uri = NameAddr.parse(routes[0]).uri
             routes = routes[1:] + [f"<{self.remote_target}>"]
         headers: dict[str, list[str]] = {
-            "via": [f"SIP/2.0/UDP {via_sent_by};branch={new_branch()};rport"],
+            "via": [f"SIP/2.0/{self.transport} {via_sent_by};branch={new_branch()};rport"],
             "max-forwards": ["70"],
             "from": [self.local_uri],
             "to": [self.remote_uri],
@@ -117,7 +118,10 @@ class Dialog:
         return SipRequest(method, uri, headers, body)
 
     def next_hop(self, request: SipRequest) -> Addr:
-        """Where to send an in-dialog request: the first Route, else the Request-URI."""
+        """Where to send an in-dialog request: the peer's TCP connection if it came over
+        one (connection reuse), else the first Route, else the Request-URI."""
+        if self.connection is not None:
+            return self.connection
         routes = request.headers.get("route")
         target = NameAddr.parse(routes[0]).uri if routes else request.uri
         return uri_address(SipUri.parse(target))

@@ -84,8 +84,9 @@ class Transaction:
     kind = "transaction"
 
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
-                 state: State) -> None:
+                 state: State, reliable: bool = False) -> None:
         self.layer = layer
+        self.reliable = reliable  # over TCP: no retransmissions, no wait for stray copies
         self.key = key
         self.request: SipRequest | None = request  # dropped once only retransmissions remain
         self.method = request.method
@@ -106,6 +107,13 @@ class Transaction:
             self.layer._forget(self)
 
     def _start_timer(self, name: str, delay: float, now: float) -> None:
+        if self.reliable:
+            # §17: a reliable transport does its own retransmission (Timers A and E are
+            # not started) and delivers no stray copies to wait for (D, I, J, K are zero).
+            if name in ("A", "E"):
+                return
+            if name in ("D", "I", "J", "K"):
+                delay = 0.0
         deadline = now + delay
         self.timers[name] = deadline
         self.layer._schedule(deadline, self, name)
@@ -161,8 +169,8 @@ class InviteServerTransaction(ServerTransaction):
     }
 
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
-                 now: float) -> None:
-        super().__init__(layer, key, request, addr, State.PROCEEDING)
+                 now: float, reliable: bool = False) -> None:
+        super().__init__(layer, key, request, addr, State.PROCEEDING, reliable)
         self.acked = False
         self._interval = layer.t1
         self._ack_key = (request.call_id, request.cseq.number)
@@ -191,7 +199,8 @@ class InviteServerTransaction(ServerTransaction):
             self.layer._accepted[self._ack_key] = self
         else:
             self._set_state(State.COMPLETED)
-            self._start_timer("G", self._interval, now)
+            if not self.reliable:  # the 2xx above is retransmitted even over TCP (§13.3.1.4)
+                self._start_timer("G", self._interval, now)
             self._start_timer("H", 64 * self.layer.t1, now)
 
     def receive_retransmission(self, now: float) -> None:
@@ -238,8 +247,8 @@ class NonInviteServerTransaction(ServerTransaction):
     TRANSITIONS = _NON_INVITE_TRANSITIONS
 
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
-                 now: float) -> None:
-        super().__init__(layer, key, request, addr, State.TRYING)
+                 now: float, reliable: bool = False) -> None:
+        super().__init__(layer, key, request, addr, State.TRYING, reliable)
 
     @property
     def answered(self) -> bool:
@@ -271,8 +280,8 @@ class ClientTransaction(Transaction):
     last_response: SipResponse | None = None
 
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
-                 state: State) -> None:
-        super().__init__(layer, key, request, addr, state)
+                 state: State, reliable: bool = False) -> None:
+        super().__init__(layer, key, request, addr, state, reliable)
         self.sent_request = request  # clients keep theirs: the TU builds ACK/CANCEL from it
         self._wire = bytes(request)
         layer._out.append((self._wire, addr))
@@ -297,8 +306,8 @@ class InviteClientTransaction(ClientTransaction):
     }
 
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
-                 now: float) -> None:
-        super().__init__(layer, key, request, addr, State.CALLING)
+                 now: float, reliable: bool = False) -> None:
+        super().__init__(layer, key, request, addr, State.CALLING, reliable)
         self._interval = layer.t1
         self._ack: bytes | None = None
         self._start_timer("A", self._interval, now)
@@ -352,8 +361,8 @@ class NonInviteClientTransaction(ClientTransaction):
     TRANSITIONS = _NON_INVITE_TRANSITIONS
 
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
-                 now: float) -> None:
-        super().__init__(layer, key, request, addr, State.TRYING)
+                 now: float, reliable: bool = False) -> None:
+        super().__init__(layer, key, request, addr, State.TRYING, reliable)
         self._interval = layer.t1
         self._start_timer("E", self._interval, now)
         self._start_timer("F", 64 * layer.t1, now)
@@ -462,21 +471,23 @@ class TransactionLayer:
             del txn.timers[name]
             txn.on_timer(name, now)
 
-    def receive(self, msg: SipRequest | SipResponse, addr: Addr, now: float) -> None:
-        """A parsed, validated message from ``addr``."""
+    def receive(self, msg: SipRequest | SipResponse, addr: Addr, now: float, reliable: bool = False) -> None:
+        """A parsed, validated message from ``addr`` (``reliable``: it came over a stream
+        connection, whose address the responses go back to, §18.2.2)."""
         if isinstance(msg, SipResponse):
             self._receive_response(msg, now)
         else:
-            self._receive_request(msg, addr, now)
+            self._receive_request(msg, addr, now, reliable)
 
     def send_response(self, txn: ServerTransaction, response: SipResponse, now: float) -> None:
         txn.send_response(response, now)
 
-    def send_request(self, request: SipRequest, addr: Addr, now: float) -> ClientTransaction:
+    def send_request(self, request: SipRequest, addr: Addr, now: float,
+                     reliable: bool = False) -> ClientTransaction:
         """Start a client transaction; ``request`` must carry its Via with a fresh branch."""
         key = (request.via.branch, request.cseq.method)
         cls = InviteClientTransaction if request.method == "INVITE" else NonInviteClientTransaction
-        txn = cls(self, key, request, addr, now)
+        txn = cls(self, key, request, addr, now, reliable)
         self._client[key] = txn
         return txn
 
@@ -490,7 +501,7 @@ class TransactionLayer:
         return txn if isinstance(txn, InviteServerTransaction) else None
 
     # ---- internals
-    def _receive_request(self, request: SipRequest, addr: Addr, now: float) -> None:
+    def _receive_request(self, request: SipRequest, addr: Addr, now: float, reliable: bool = False) -> None:
         stamp_via(request, addr)
         method = request.method
         key = self._server_key(request, "INVITE" if method == "ACK" else method)
@@ -508,11 +519,11 @@ class TransactionLayer:
         if txn is not None:
             txn.receive_retransmission(now)
             return
-        dest = response_address(request, addr)
+        dest = addr if reliable else response_address(request, addr)
         if method == "INVITE":
-            txn = InviteServerTransaction(self, key, request, dest, now)
+            txn = InviteServerTransaction(self, key, request, dest, now, reliable)
         else:
-            txn = NonInviteServerTransaction(self, key, request, dest, now)
+            txn = NonInviteServerTransaction(self, key, request, dest, now, reliable)
         self._server[key] = txn
         self._events.append(RequestReceived(txn, request))
 

@@ -1,9 +1,15 @@
-"""The asyncio adapter of the sans-I/O SIP core: moves datagrams and re-arms one timer.
+"""The asyncio adapter of the sans-I/O SIP core: moves bytes and re-arms one timer.
 
 Everything protocol-related lives in ``message``/``transaction``/``dialog``; this
-module only reads the socket, feeds the ``TransactionLayer``, hands its events to
+module only reads the sockets, feeds the ``TransactionLayer``, hands its events to
 the transaction user (the call engine), writes what it wants sent, and keeps a
 single ``loop.call_at`` pointed at its earliest deadline.
+
+UDP and TCP listen on the same port. A message that came over a TCP connection is
+answered on that connection (RFC 3261 §18.2.2), and anything the layer sends to the
+address of a live connection goes over it: that is how in-dialog requests (our BYE)
+reach a TCP caller, the connection reuse phones behind NAT depend on. We do not open
+TCP connections ourselves yet: outbound calls are UDP.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import time
 from typing import Protocol
 
 from .events import SipEvent
-from .message import SipParseError, SipRequest, SipResponse, make_response, parse_message
+from .framing import StreamFramer
+from .message import SipMessage, SipParseError, SipRequest, SipResponse, make_response, parse_message
 from .transaction import ClientTransaction, ServerTransaction, TransactionLayer, response_address
 
 logger = logging.getLogger(__name__)
@@ -30,6 +37,36 @@ class TransactionUser(Protocol):
     def handle_sip_event(self, event: SipEvent) -> None: ...
 
 
+class _SipStream(asyncio.Protocol):
+    """One TCP connection: frames the byte stream into messages for the transport."""
+
+    def __init__(self, owner: SipTransport) -> None:
+        self.owner = owner
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.addr: Addr = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.addr = transport.get_extra_info("peername")[:2]
+        self.owner.streams[self.addr] = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as exc:
+            self.owner._bad_message(data, self.addr, str(exc), reply=False)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for raw in messages:
+            self.owner._message_received(raw, self.addr, reliable=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner.streams.get(self.addr) is self:
+            del self.owner.streams[self.addr]
+
+
 class SipTransport(asyncio.DatagramProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, layer: TransactionLayer | None = None) -> None:
         self.loop = loop
@@ -42,30 +79,41 @@ class SipTransport(asyncio.DatagramProtocol):
         self._dispatching = False
         self._bad_sources: dict[str, tuple[float, int]] = {}
         self.bad_datagrams = 0
+        self.streams: dict[Addr, _SipStream] = {}  # live TCP connections by peer address
+        self._tcp_server: asyncio.AbstractServer | None = None
 
     async def listen(self, host: str, port: int) -> None:
         transport, _ = await self.loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self.transport = transport  # type: ignore[assignment]
         sock_host, sock_port = transport.get_extra_info("sockname")[:2]
         self.local_addr = (sock_host, sock_port)
+        self._tcp_server = await self.loop.create_server(lambda: _SipStream(self), sock_host, sock_port)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         if self.transport is not None:
             self.transport.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for stream in list(self.streams.values()):
+            if stream.transport is not None:
+                stream.transport.close()
 
     # ---- asyncio callbacks
     def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
         if len(data) <= 4 and not data.strip():
             return  # RFC 5626 CRLF keepalive
+        self._message_received(data, addr[:2], reliable=False)
+
+    def _message_received(self, data: bytes, addr: Addr, reliable: bool) -> None:
         try:
-            msg = parse_message(data)
+            msg: SipMessage = parse_message(data)
             msg.validate()
         except (SipParseError, ValueError) as exc:
-            self._bad_datagram(data, addr, str(exc))
+            self._bad_message(data, addr, str(exc))
             return
-        self.layer.receive(msg, addr[:2], self.loop.time())
+        self.layer.receive(msg, addr, self.loop.time(), reliable)  # type: ignore[arg-type]
         self._service()
 
     def error_received(self, exc: Exception) -> None:
@@ -79,7 +127,7 @@ class SipTransport(asyncio.DatagramProtocol):
         self._service()
 
     def send_request(self, request: SipRequest, addr: Addr) -> ClientTransaction:
-        txn = self.layer.send_request(request, addr, self.loop.time())
+        txn = self.layer.send_request(request, addr, self.loop.time(), reliable=addr in self.streams)
         self._service()
         return txn
 
@@ -111,8 +159,12 @@ class SipTransport(asyncio.DatagramProtocol):
 
     def _flush(self) -> None:
         transport = self.transport
+        streams = self.streams
         for data, addr in self.layer.datagrams_to_send():
-            if transport is not None:
+            stream = streams.get(addr)
+            if stream is not None and stream.transport is not None:
+                stream.transport.write(data)
+            elif transport is not None:
                 try:
                     transport.sendto(data, addr)
                 except (OSError, ValueError) as exc:
@@ -135,7 +187,7 @@ class SipTransport(asyncio.DatagramProtocol):
         self.layer.handle_timer(self.loop.time())
         self._service()
 
-    def _bad_datagram(self, data: bytes, addr: Addr, reason: str) -> None:
+    def _bad_message(self, data: bytes, addr: Addr, reason: str, reply: bool = True) -> None:
         """Answer 400 when the request is complete enough to answer, else drop; log once."""
         self.bad_datagrams += 1
         now = time.monotonic()
@@ -143,13 +195,15 @@ class SipTransport(asyncio.DatagramProtocol):
         last, suppressed = self._bad_sources.get(host, (0.0, 0))
         if now - last >= _BAD_LOG_INTERVAL:
             more = f" ({suppressed} more since last report)" if suppressed else ""
-            logger.warning("bad SIP datagram from %s:%d (%d bytes): %s%s", host, addr[1], len(data),
+            logger.warning("bad SIP message from %s:%d (%d bytes): %s%s", host, addr[1], len(data),
                            reason, more)
             self._bad_sources[host] = (now, 0)
             if len(self._bad_sources) > 10000:
                 self._bad_sources.clear()
         else:
             self._bad_sources[host] = (last, suppressed + 1)
+        if not reply:
+            return
         try:
             msg = parse_message(data, check_length=False)
         except SipParseError:
@@ -159,7 +213,7 @@ class SipTransport(asyncio.DatagramProtocol):
         try:
             msg.via  # noqa: B018 - the 400 needs a Via to go back along
             response = make_response(msg, 400, f"Bad Request ({reason})"[:120])
-            dest = response_address(msg, addr[:2])
+            dest = addr if addr in self.streams else response_address(msg, addr[:2])
         except ValueError:
             return
         self.send_stateless(response, dest)
