@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
     run.add_argument("--listen", metavar="HOST:PORT",
-                     help="SIP over UDP: address and port to listen on (default 0.0.0.0:5060)")
+                     help="SIP over UDP and TCP: address and port to listen on (default 0.0.0.0:5060)")
     run.add_argument("--rtp-ports", metavar="LOW-HIGH",
                      help="UDP port range for RTP, one even port per call leg (default 20000-29999)")
     run.add_argument("--app", metavar="DIR",
