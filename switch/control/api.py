@@ -158,7 +158,10 @@ class ControlApi:
                 "frames_dropped": sw.clock.frames_dropped,
                 "rtp_ports_in_use": sw.ports.in_use,
             },
+            "calls_started": sw.engine.calls_started,
             "calls_refused": sw.admission.refused,
+            "bad_sip_messages": sw.sip.bad_datagrams,
+            "tcp_connections": len(sw.sip.streams),
             "loop_lag_ms": {"smoothed": round(sw.lag.lag * 1000, 1),
                             "median_2s": round(sw.lag.sustained * 1000, 1)},
         })  # fmt: skip

@@ -84,11 +84,6 @@ class Dialog:
             self.remote_target = _contact_uri(request)  # target refresh
         return None
 
-    def refresh_target(self, response: SipResponse) -> None:
-        """A 2xx to our re-INVITE/UPDATE may move the peer (§12.2.1.2)."""
-        if response.get("contact"):
-            self.remote_target = _contact_uri(response)
-
     def create_request(self, method: str, via_sent_by: str, *, body: bytes = b"",
                        content_type: str | None = None, cseq: int | None = None) -> SipRequest:
         """§12.2.1.1: an in-dialog request (a new branch; a new CSeq unless given)."""

@@ -277,8 +277,6 @@ class NonInviteServerTransaction(ServerTransaction):
 
 # --------------------------------------------------------------------------- client side
 class ClientTransaction(Transaction):
-    last_response: SipResponse | None = None
-
     def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
                  state: State, reliable: bool = False) -> None:
         super().__init__(layer, key, request, addr, state, reliable)
@@ -317,7 +315,6 @@ class InviteClientTransaction(ClientTransaction):
         status = response.status
         state = self.state
         if state in (State.CALLING, State.PROCEEDING):
-            self.last_response = response
             if status < 200:
                 if state is State.CALLING:
                     self._stop_timer("A")
@@ -370,7 +367,6 @@ class NonInviteClientTransaction(ClientTransaction):
     def receive_response(self, response: SipResponse, now: float) -> None:
         if self.state not in (State.TRYING, State.PROCEEDING):
             return  # Completed absorbs retransmitted finals
-        self.last_response = response
         if response.status < 200:
             if self.state is State.TRYING:
                 self._set_state(State.PROCEEDING)

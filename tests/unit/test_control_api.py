@@ -42,7 +42,8 @@ def fake_switch(tmp_path: Path, *, single_app: bool = False) -> Any:
     return SimpleNamespace(
         loop=loop, apps=store, app=app if single_app else None,
         config=SimpleNamespace(app="/srv/app" if single_app else "", data_path=tmp_path),
-        engine=SimpleNamespace(legs={"call-1;x": leg}, live_calls=lambda: 1),
+        engine=SimpleNamespace(legs={"call-1;x": leg}, live_calls=lambda: 1, calls_started=1),
+        sip=SimpleNamespace(bad_datagrams=0, streams={}),
         runtime=_Runtime(lambda tid: task if tid == 7 else None),
         clock=MediaClock(loop), ports=RtpPortPool(20000, 20099), admission=SimpleNamespace(refused=0),
         lag=SimpleNamespace(lag=0.0, sustained=0.0),
