@@ -18,6 +18,10 @@ the flags. Keys in the file are the flag names with '_' for '-':
     watchdog_s = 10              # event loop stuck this long (a script looping without a verb):
                                  # log the task and exit 70 for the supervisor to restart; 0 = off
 
+    [users]                      # SIP accounts that may REGISTER (digest auth, realm set by
+    alice = "s3cret"             # the top-level key realm = "..."); without any, REGISTER gets
+                                 # 405. Calls the apps place to "alice" then reach her phone.
+
     [[outbound_routes]]          # numbers starting with prefix go to that gateway instead
     prefix = "1800"
     gateway = "sip:10.0.0.2:5060"
@@ -73,6 +77,8 @@ class Config:
     gateway: str = ""  # default gateway for numbers dialled by StartBridgedCall: "sip:HOST:PORT"
     outbound_routes: list = field(default_factory=list)  # [{"prefix": "1800", "gateway": URI}, ...]
     sip_t1: float = 0.5  # RFC 3261 T1 (s): Timer B/F (no answer -> 408) = 64*T1
+    users: dict = field(default_factory=dict)  # [users] name = "password": accounts that may REGISTER
+    realm: str = "softswitch"  # digest realm of those accounts
     watchdog_s: float = 10.0  # a loop stuck this long (a JS loop that never yields) ends the process; 0: off
 
     # ---- parsed views, validated once
@@ -111,6 +117,9 @@ class Config:
                               "config file, or bind it to 127.0.0.1")
         self.route_rules  # noqa: B018
         self.gateway_rules  # noqa: B018
+        if not isinstance(self.users, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in self.users.items()):
+            raise ConfigError('users must be a [users] table of name = "password" (non-empty)')
         if not 0.01 <= self.sip_t1 <= 5:
             raise ConfigError(f"sip_t1 must be between 0.01 and 5 seconds, not {self.sip_t1}")
 

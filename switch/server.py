@@ -24,6 +24,7 @@ from .calls.admission import Admission, LoopLagMonitor
 from .calls.bridge import Switchboard
 from .calls.engine import CallEngine, OutboundRoutes
 from .calls.inbound import InboundLeg
+from .calls.registrar import Registrar
 from .config import DEFAULT_APP, Config
 from .control.api import ControlApi
 from .sip.message import SipRequest
@@ -85,6 +86,7 @@ class Switch:
             open_media=self._open_media, start_call=self._start_call,
             advertise=cfg.advertise or None,
             gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules),
+            registrar=Registrar(cfg.users, cfg.realm),
         )
         self.runtime.switchboard = Switchboard(self.engine, self.runtime.post)
         self.watchdog: LoopWatchdog | None = None

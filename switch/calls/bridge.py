@@ -172,12 +172,16 @@ class Switchboard:
         bridge = self._bridge_for(task, handle, "StartBridgedCall")
         if bridge.egress is not None:
             raise CallError("StartBridgedCall: this bridge already has a call")
-        target = self.engine.route(dest)
+        try:
+            target, addr = self.engine.route(dest)
+        except CallError as exc:
+            bridge.failure_status = exc.status  # the caller hears why (404: no such user)
+            raise
         ingress = bridge.ingress
         # Offer the caller's codec first: when the callee takes it, payloads pass through.
         codecs = ("PCMA", "PCMU") if ingress.codec() == "PCMA" else ("PCMU", "PCMA")
         caller = NameAddr.parse(ingress.invite.headers["from"][0])
-        leg = OutboundLeg(self.engine, target, caller, codecs)
+        leg = OutboundLeg(self.engine, target, addr, caller, codecs)
         leg.bridge = bridge
         leg.app_dir = ingress.app_dir
         leg.task_id = task.tid

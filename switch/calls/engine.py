@@ -22,12 +22,16 @@ from ..sip.transaction import InviteServerTransaction, ServerTransaction
 from ..sip.transport import SipTransport
 from ..tasks import events
 from .admission import Admission
+from ..sip.dialog import uri_address
 from ..sip.uri import NameAddr, SipUri, UriError
 from ..tasks.boundary import CallError
 from .inbound import InboundLeg
+from .registrar import Registrar
 from .leg import Leg
 
 logger = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
 
 # Methods we implement, and methods we know but refuse (405 rather than 501, RFC 3261 §21.4.6).
 ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE")
@@ -47,6 +51,7 @@ class CallEngine:
         start_call: Callable[[InboundLeg], str | None],
         advertise: str | None = None,
         gateways: OutboundRoutes | None = None,
+        registrar: Registrar | None = None,
     ) -> None:
         self.loop = loop
         self.sip = sip
@@ -56,6 +61,7 @@ class CallEngine:
         self._start_call = start_call  # picks the app, starts the task; returns an error text or None
         self.advertise = advertise
         self.gateways = gateways or OutboundRoutes()
+        self.registrar = registrar or Registrar({})
         self._route_cache: dict[str, str] = {}
         self.legs: dict[str, Leg] = {}  # live legs (both directions) by Call-ID + local tag
         self._dialogs: dict[tuple[str, str, str], Leg] = {}
@@ -96,34 +102,37 @@ class CallEngine:
             self._dialogs.pop(leg.dialog.id, None)
 
     # ------------------------------------------------------------------ outbound routing
-    def route(self, dest: str) -> SipUri:
-        """Where ``StartBridgedCall(dest)`` goes. ``dest`` is a SIP URI, a To header value
-        (``"Bob" <sip:1000@host>``) or a bare number/user. A URI that points at this
-        switch, or a bare number, is routed by its user part through the configured
-        gateways (longest matching prefix, else the default gateway); any other URI is
-        called directly."""
+    def route(self, dest: str) -> tuple[SipUri, Addr]:
+        """Where ``StartBridgedCall(dest)`` goes: the Request-URI and the address to send
+        to. ``dest`` is a SIP URI, a To header value (``"Bob" <sip:1000@host>``) or a bare
+        number/user. A URI that points at this switch, or a bare number, is routed by its
+        user part: a phone registered as that user first, then the configured gateways
+        (longest matching prefix, else the default gateway); any other URI is called
+        directly."""
         text = dest.strip()
-        uri: SipUri | None = None
         if ":" in text:
             try:
                 uri = NameAddr.parse(text).sip_uri
             except (UriError, ValueError):
-                raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number") from None
-            if uri.scheme == "tel":
-                uri, user = None, uri.user or ""
-            elif not self._is_us(uri):
-                return SipUri("sip", uri.user, uri.host, uri.port)
-            else:
-                user = uri.user or ""
+                raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number", 400) from None
+            if uri.scheme != "tel" and not self._is_us(uri):
+                direct = SipUri("sip", uri.user, uri.host, uri.port)
+                return direct, uri_address(direct)
+            user = uri.user or ""
         else:
             user = text
         if not user or any(c in user for c in " <>@;"):
-            raise CallError(f"StartBridgedCall: {dest!r} has no user or number to route")
+            raise CallError(f"StartBridgedCall: {dest!r} has no user or number to route", 400)
+        bindings = self.registrar.lookup(user)
+        if bindings:
+            return bindings[-1].target()  # the most recent registration
         gateway = self.gateways.gateway_for(user)
         if gateway is None:
-            raise CallError(f"StartBridgedCall: no route for {user!r}: configure a gateway "
-                            "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)")
-        return SipUri("sip", user, gateway.host, gateway.port)
+            hint = " (not registered)" if self.registrar.enabled else ""
+            raise CallError(f"StartBridgedCall: no route for {user!r}{hint}: configure a gateway "
+                            "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)", 404)
+        target = SipUri("sip", user, gateway.host, gateway.port)
+        return target, uri_address(target)
 
     def _is_us(self, uri: SipUri) -> bool:
         # A To header usually has no port (RFC 3261 §19.1.1 keeps it out of To/From), so
@@ -184,6 +193,8 @@ class CallEngine:
                 self._reply(txn, request, 200, headers={"allow": self.ALLOW, "accept": "application/sdp"})
         elif method == "BYE" or method in ("INFO", "UPDATE"):
             self._reply(txn, request, 481)
+        elif method == "REGISTER" and self.registrar.enabled:
+            self.sip.send_response(txn, self.registrar.handle(request, txn.addr))
         elif method in KNOWN_NOT_ALLOWED:
             self._reply(txn, request, 405, headers={"allow": self.ALLOW})
         else:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from media.sdp import NoCommonCodec, SessionDescription, accept_answer, make_offer
 from media.session import MediaSession
 
-from ..sip.dialog import Dialog, uri_address
+from ..sip.dialog import Dialog
 from ..sip.events import ResponseReceived, TransactionTimedOut
 from ..sip.message import SipRequest, SipResponse
 from ..sip.transaction import ClientTransaction, make_cancel, new_branch
@@ -36,9 +36,8 @@ class OutboundLeg(Leg):
         LegState.ENDED: frozenset(),
     }
 
-    def __init__(self, engine: CallEngine, target: SipUri, caller: NameAddr | None,
+    def __init__(self, engine: CallEngine, target: SipUri, addr: tuple[str, int], caller: NameAddr | None,
                  codecs: tuple[str, ...]) -> None:
-        addr = uri_address(target)
         super().__init__(engine, f"{new_branch()[7:]}@softswitch", engine.local_ip_for(addr[0]),
                          LegState.CALLING)
         self.target = target

@@ -29,7 +29,7 @@ def make_leg():
         contact_for=lambda ip: f"<sip:{ip}:5070>", via_sent_by=lambda ip: f"{ip}:5070",
         dialog_established=lambda leg: None, forget=lambda leg: None,
     )
-    leg = OutboundLeg(engine, SipUri.parse("sip:1000@127.0.0.1:5090"), None, ("PCMU", "PCMA"))
+    leg = OutboundLeg(engine, SipUri.parse("sip:1000@127.0.0.1:5090"), ("127.0.0.1", 5090), None, ("PCMU", "PCMA"))
     leg.invite = leg._build_invite(b"")
     leg.txn = SimpleNamespace()
     events = []

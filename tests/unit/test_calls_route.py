@@ -32,7 +32,8 @@ def engine(default="sip:10.0.0.1:5060", routes=(("1800", "sip:10.0.0.2:5080"),))
     ("tel:+4930123", "sip:+4930123@10.0.0.1:5060"),
 ])
 def test_route(dest, expected):
-    assert str(engine().route(dest)) == expected
+    uri, addr = engine().route(dest)
+    assert str(uri) == expected and addr == (uri.host, uri.port)
 
 
 def test_no_gateway_is_a_clear_error():
