@@ -229,7 +229,9 @@ class CallEngine:
     def _on_cancel(self, txn: ServerTransaction, cancel: SipRequest) -> None:
         invite_txn = self.sip.layer.find_invite(cancel)
         if invite_txn is None:
-            self._reply(txn, cancel, 481)
+            # Too late (the INVITE already has its final response): 200, no effect (§9.2);
+            # never seen: 481.
+            self._reply(txn, cancel, 200 if self.sip.layer.invite_finished(cancel) else 481)
             return
         self._reply(txn, cancel, 200)  # §9.2: answer the CANCEL itself first
         leg = self._by_invite.get(id(invite_txn))

@@ -103,6 +103,7 @@ class Transaction:
                          self.state.value, new.value)
         self.state = new
         if new is State.TERMINATED:
+            self.layer._stale_timers += len(self.timers)
             self.timers.clear()
             self.layer._forget(self)
 
@@ -119,7 +120,8 @@ class Transaction:
         self.layer._schedule(deadline, self, name)
 
     def _stop_timer(self, name: str) -> None:
-        self.timers.pop(name, None)
+        if self.timers.pop(name, None) is not None:
+            self.layer._stale_timers += 1
 
     def on_timer(self, name: str, now: float) -> None:
         raise NotImplementedError
@@ -148,6 +150,14 @@ class ServerTransaction(Transaction):
     def _resend_reply(self) -> None:
         if self.reply is not None:
             self.layer._out.append((self.reply, self.addr))
+
+    def _linger(self, until: float, resend: bool) -> None:
+        """What is left of this transaction is answering (``resend``: with our final) or
+        absorbing retransmissions until ``until``: hand that to the layer as plain data and
+        terminate the object."""
+        self._set_state(State.TERMINATED)
+        if not self.reliable:  # a stream transport delivers no retransmissions to absorb
+            self.layer._linger(self.key, until, self.reply if resend else None, self.addr)
 
     def send_response(self, response: SipResponse, now: float) -> None:
         raise NotImplementedError
@@ -211,15 +221,15 @@ class InviteServerTransaction(ServerTransaction):
     def receive_ack(self, request: SipRequest, now: float) -> bool:
         """An ACK matched this transaction. Returns True when it ACKs a 2xx (the TU's)."""
         if self.state is State.COMPLETED:
-            self._stop_timer("G")
-            self._stop_timer("H")
+            # Confirmed: only ACK retransmissions remain, absorbed for Timer I.
             self._set_state(State.CONFIRMED)
-            self._start_timer("I", self.layer.t4, now)
+            self._linger(now + self.layer.t4, resend=False)
             return False
         if self.state is State.ACCEPTED and not self.acked:
+            # Accepted and ACKed: INVITE retransmissions are absorbed until Timer L.
             self.acked = True
-            self._stop_timer("G")
             self.layer._accepted.pop(self._ack_key, None)
+            self._linger(self.timers.get("L", now), resend=False)
             return True
         return False
 
@@ -236,8 +246,6 @@ class InviteServerTransaction(ServerTransaction):
             self._set_state(State.TERMINATED)
             if not self.acked:
                 self.layer._events.append(AckTimedOut(self))
-        elif name == "I":
-            self._set_state(State.TERMINATED)
 
 
 class NonInviteServerTransaction(ServerTransaction):
@@ -264,15 +272,15 @@ class NonInviteServerTransaction(ServerTransaction):
         else:
             self._forget_request()
             self._set_state(State.COMPLETED)
-            self._start_timer("J", 64 * self.layer.t1, now)
+            # Completed: retransmitted requests get this final again until Timer J.
+            self._linger(now + 64 * self.layer.t1, resend=True)
 
     def receive_retransmission(self, now: float) -> None:
         if self.state is not State.TRYING:
             self._resend_reply()
 
     def on_timer(self, name: str, now: float) -> None:
-        if name == "J":
-            self._set_state(State.TERMINATED)
+        pass  # NIST has no timer of its own: Timer J is the lingering (see _linger)
 
 
 # --------------------------------------------------------------------------- client side
@@ -433,6 +441,14 @@ class TransactionLayer:
         self._client: dict[tuple, ClientTransaction] = {}
         self._accepted: dict[tuple[str, int], InviteServerTransaction] = {}
         self._timers: list[tuple[float, int, Transaction, str]] = []
+        # Server transactions whose only duty left is to answer or absorb retransmissions
+        # (NIST Completed, IST Confirmed, IST Accepted after the ACK) live on as plain data:
+        # key -> (final to resend or None, address), expiring from a heap of (deadline, key).
+        # Tuples of strings, bytes and numbers are untracked by the garbage collector, so the
+        # ~25k of them at 400 calls/s cost a full collection nothing (as full objects: 40 ms).
+        self._lingering: dict[tuple, tuple[bytes | None, Addr]] = {}
+        self._linger_heap: list[tuple[float, tuple]] = []
+        self._stale_timers = 0  # heap entries of stopped timers (they pin their transactions)
         self._seq = itertools.count()
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[SipEvent] = deque()
@@ -447,18 +463,28 @@ class TransactionLayer:
 
     def get_timer(self) -> float | None:
         timers = self._timers
+        deadline: float | None = None
         while timers:
-            deadline, _, txn, name = timers[0]
-            if txn.timers.get(name) == deadline:
-                return deadline
+            first, _, txn, name = timers[0]
+            if txn.timers.get(name) == first:
+                deadline = first
+                break
             heapq.heappop(timers)  # stale: stopped or re-armed
-        return None
+        if self._linger_heap:
+            first_linger = self._linger_heap[0][0]
+            if deadline is None or first_linger < deadline:
+                deadline = first_linger
+        return deadline
 
     def __len__(self) -> int:
-        return len(self._server) + len(self._client)
+        """Transactions remembered (lingering ones included)."""
+        return len(self._server) + len(self._client) + len(self._lingering)
 
     # ---- inputs
     def handle_timer(self, now: float) -> None:
+        linger = self._linger_heap
+        while linger and linger[0][0] <= now:
+            self._lingering.pop(heapq.heappop(linger)[1], None)
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, _, txn, name = heapq.heappop(timers)
@@ -496,6 +522,11 @@ class TransactionLayer:
         txn = self._server.get(self._server_key(cancel, "INVITE"))
         return txn if isinstance(txn, InviteServerTransaction) else None
 
+    def invite_finished(self, cancel: SipRequest) -> bool:
+        """The INVITE a CANCEL targets got its final response and is only remembered
+        (§9.2: the CANCEL then gets 200 and changes nothing)."""
+        return self._server_key(cancel, "INVITE") in self._lingering
+
     # ---- internals
     def _receive_request(self, request: SipRequest, addr: Addr, now: float, reliable: bool = False) -> None:
         stamp_via(request, addr)
@@ -503,6 +534,8 @@ class TransactionLayer:
         key = self._server_key(request, "INVITE" if method == "ACK" else method)
         txn = self._server.get(key)
         if method == "ACK":
+            if key in self._lingering:
+                return  # an ACK retransmission for a finished INVITE (§17.2.1 Confirmed)
             if isinstance(txn, InviteServerTransaction):
                 if txn.receive_ack(request, now):
                     self._events.append(AckReceived(request, addr))
@@ -514,6 +547,11 @@ class TransactionLayer:
             return
         if txn is not None:
             txn.receive_retransmission(now)
+            return
+        lingering = self._lingering.get(key)
+        if lingering is not None:  # a retransmission of a finished request
+            if lingering[0] is not None:
+                self._out.append(lingering)  # type: ignore[arg-type]
             return
         dest = addr if reliable else response_address(request, addr)
         if method == "INVITE":
@@ -540,8 +578,18 @@ class TransactionLayer:
         return ("2543", request.call_id, request.from_tag, request.cseq.number, via.sent_by,
                 branch, method)
 
+    def _linger(self, key: tuple, until: float, reply: bytes | None, addr: Addr) -> None:
+        self._lingering[key] = (reply, addr)
+        heapq.heappush(self._linger_heap, (until, key))
+
     def _schedule(self, deadline: float, txn: Transaction, name: str) -> None:
         heapq.heappush(self._timers, (deadline, next(self._seq), txn, name))
+        if self._stale_timers > 1000 and 2 * self._stale_timers > len(self._timers):
+            # Stopped timers stay in the heap until their deadline and keep finished
+            # transactions alive: drop them once they are half of it (amortised O(1)).
+            self._timers = [e for e in self._timers if e[2].timers.get(e[3]) == e[0]]
+            heapq.heapify(self._timers)
+            self._stale_timers = 0
 
     def _forget(self, txn: Transaction) -> None:
         table: dict = self._client if isinstance(txn, ClientTransaction) else self._server
