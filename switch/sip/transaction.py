@@ -402,33 +402,28 @@ class NonInviteClientTransaction(ClientTransaction):
 
 
 def make_ack_for_failure(invite: SipRequest, response: SipResponse) -> SipRequest:
-    """§17.1.1.3: the ACK for a non-2xx final reuses the INVITE's branch and Route set."""
-    headers: dict[str, list[str]] = {
-        "via": [invite.headers["via"][0]],
-        "from": list(invite.headers["from"]),
-        "to": list(response.headers["to"]),
-        "call-id": list(invite.headers["call-id"]),
-        "cseq": [f"{invite.cseq.number} ACK"],
-        "max-forwards": ["70"],
-    }
-    if "route" in invite.headers:
-        headers["route"] = list(invite.headers["route"])
-    return SipRequest("ACK", invite.uri, headers)
+    """§17.1.1.3: the ACK for a non-2xx final reuses the INVITE's branch and Route set;
+    its To is the response's (with the callee's tag)."""
+    return _same_branch_request("ACK", invite, response.headers["to"])
 
 
 def make_cancel(invite: SipRequest) -> SipRequest:
     """§9.1: CANCEL copies the INVITE's Request-URI, top Via, From, To, Call-ID, Route."""
+    return _same_branch_request("CANCEL", invite, invite.headers["to"])
+
+
+def _same_branch_request(method: str, invite: SipRequest, to: list[str]) -> SipRequest:
     headers: dict[str, list[str]] = {
         "via": [invite.headers["via"][0]],
         "from": list(invite.headers["from"]),
-        "to": list(invite.headers["to"]),
+        "to": list(to),
         "call-id": list(invite.headers["call-id"]),
-        "cseq": [f"{invite.cseq.number} CANCEL"],
+        "cseq": [f"{invite.cseq.number} {method}"],
         "max-forwards": ["70"],
     }
     if "route" in invite.headers:
         headers["route"] = list(invite.headers["route"])
-    return SipRequest("CANCEL", invite.uri, headers)
+    return SipRequest(method, invite.uri, headers)
 
 
 # --------------------------------------------------------------------------- the layer
