@@ -1,7 +1,7 @@
 """The JS every task context evaluates first: the runtime side of the boundary.
 
-It captures the hidden Python callables (``__sw_py_<Verb>``) into a closure and deletes
-the globals, defines the verb wrappers generated from ``api.VERBS``, ``console``,
+It captures the task's one hidden Python callable (``__sw_py(verb, ...args)``) into a
+closure and deletes the global, defines the verb wrappers generated from ``api.VERBS``, ``console``,
 CommonJS ``require`` with a per-task module cache, the stack hook that maps the app's
 global line numbers back to ``file:line:col`` (see ``app.py``), and ``__sw_enter`` that
 runs the task's entry function.
@@ -25,13 +25,18 @@ INTERNAL = ("$resolve", "$source")
 
 _CORE = r"""(function (g) {
 'use strict';
+var gate = g.__sw_py;
+delete g.__sw_py;
 var py = {};
-var names = __NAMES__;
-for (var i = 0; i < names.length; i++) {
-  var k = '__sw_py_' + names[i];
-  py[names[i]] = g[k];
-  delete g[k];
+function via(name) {
+  return function () {
+    var a = [name];
+    for (var i = 0; i < arguments.length; i++) a.push(arguments[i]);
+    return gate.apply(null, a);
+  };
 }
+var names = __NAMES__;
+for (var i = 0; i < names.length; i++) py[names[i]] = via(names[i]);
 var files = [];
 function locate(line) {
   for (var i = files.length - 1; i >= 0; i--) {

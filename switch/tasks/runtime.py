@@ -59,7 +59,7 @@ from . import api
 from .app import MAIN, JsApp, ModuleNotFound
 from .boundary import CallControl, CallError, Switchboard
 from .events import Event
-from .prelude import PRELUDE, PYTHON_NAMES
+from .prelude import PRELUDE
 
 log = logging.getLogger("switch.tasks")
 
@@ -209,7 +209,6 @@ class TaskRuntime:
         self.max_stack = max_stack
         self._tasks: dict[int, Task] = {}
         self.switchboard: Switchboard | None = None  # bridging, provided by the call engine
-        self._specs: dict[str, _VerbSpec] = {}
         self.running: Task | None = None  # the task whose greenlet is executing, if any
         self._next_tid = 1
         self._hub: greenlet.greenlet | None = None
@@ -217,6 +216,8 @@ class TaskRuntime:
         self._impls["$resolve"] = _resolve
         self._impls["$source"] = _source
         self._json_args = {v.name: api.json_params(v) for v in api.python_verbs()}
+        self._specs = {name: _VerbSpec(name, impl, self._json_args.get(name, ()))
+                       for name, impl in self._impls.items()}
         _RUNTIMES.add(self)
 
     # -- registry
@@ -349,8 +350,7 @@ class TaskRuntime:
             ctx = quickjs.Context()
             ctx.set_memory_limit(self.memory_limit)
             ctx.set_max_stack_size(self.max_stack)
-            for name in PYTHON_NAMES:
-                ctx.add_callable(f"__sw_py_{name}", self._bind(task, name))
+            ctx.add_callable("__sw_py", _TaskGate(task, self._specs))
             task._ctx = ctx
             ctx.eval(PRELUDE)
             ctx.eval(f"__sw_layout({json.dumps(task.app.layout_json())})")
@@ -417,13 +417,6 @@ class TaskRuntime:
                 break
         return f"{where}: {message}", "\n".join(frames)
 
-    def _bind(self, task: Task, name: str) -> Callable[..., Any]:
-        spec = self._specs.get(name)
-        if spec is None:
-            spec = self._specs[name] = _VerbSpec(name, self._impls[name], self._json_args.get(name, ()))
-        return _BoundVerb(task, spec)
-
-
 class _VerbSpec:
     """What every task's binding of one verb shares."""
 
@@ -436,24 +429,27 @@ class _VerbSpec:
         self.prefix = "" if name.startswith("$") else f"{name}: "
 
 
-class _BoundVerb:
-    """One verb bound to one task: the Python callable QuickJS calls.
+class _TaskGate:
+    """The one Python callable a task's context has: ``gate(verb, *args)``.
 
-    An object with two slots rather than a closure: a closure costs a function, a tuple
-    and a cell per captured name, and with ~20 verbs per task those cells made ~190
-    GC-tracked objects per idle task, which a full collection walks (measured: 42 ms
-    pauses at 2000 tasks, stalling RTP)."""
+    One object per task with two slots, not one closure per verb: closures cost a
+    function, a tuple and a cell per captured name (~190 GC-tracked objects per idle
+    task), and 20 bound objects still cost 20; every tracked object is walked by each
+    full collection, which stalls RTP (measured: 42 ms pauses at 2000 tasks)."""
 
-    __slots__ = ("task", "spec")
+    __slots__ = ("task", "specs")
 
-    def __init__(self, task: Task, spec: _VerbSpec) -> None:
+    def __init__(self, task: Task, specs: dict[str, _VerbSpec]) -> None:
         self.task = task
-        self.spec = spec
+        self.specs = specs
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, name: str, *args: Any) -> Any:
         # Never raise: a Python exception reaches JS as an anonymous InternalError and,
         # if JS catches it, breaks the next eval (DESIGN §4). See prelude.py for the tags.
-        task, spec = self.task, self.spec
+        task = self.task
+        spec = self.specs.get(name)
+        if spec is None:
+            return f"einternal error (no verb {name!r})"
         if task._terminating:
             return "x"
         try:

@@ -60,7 +60,6 @@ def test_adding_a_verb_is_one_table_entry(monkeypatch: pytest.MonkeyPatch, caplo
     monkeypatch.setattr(api, "VERBS", api.VERBS + [extra])
     importlib.reload(prelude)
     monkeypatch.setattr(runtime, "PRELUDE", prelude.PRELUDE)
-    monkeypatch.setattr(runtime, "PYTHON_NAMES", prelude.PYTHON_NAMES)
     caplog.set_level(logging.INFO, logger="switch.tasks")
     try:
         app = JsApp.from_sources(
