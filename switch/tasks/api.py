@@ -422,10 +422,10 @@ _BIND = r"""var CHECK = __CHECKS__;
 var PHRASE = __PHRASES__;
 var JSONT = __JSONT__;
 function bind(name, params, pre) {
-  var f = py[name], n = params.length, sig = name + '(' + params.map(function (p) {
+  var n = params.length, sig = name + '(' + params.map(function (p) {
     return (p[3] ? '...' : '') + p[0]; }).join(', ') + ')';
   var w = function () {
-    var a = [];
+    var a = [name];  // gate(verb, ...args)
     for (var i = 0; i < n; i++) {
       var p = params[i], v = arguments[i], c = CHECK[p[1]];
       if (p[3]) {
@@ -440,7 +440,7 @@ function bind(name, params, pre) {
       a.push(JSONT[p[1]] && v !== undefined ? json(name, v) : v);
     }
     if (pre) pre.apply(null, arguments);
-    return ret(f.apply(null, a));
+    return ret(gate.apply(null, a));
   };
   Object.defineProperty(w, 'name', { value: name });
   return w;
@@ -454,7 +454,7 @@ function predicate(name, type) {
 
 
 def js_bindings() -> str:
-    """The JS that defines every verb; runs inside the prelude (``g``, ``py``, ``ret``,
+    """The JS that defines every verb; runs inside the prelude (``g``, ``gate``, ``ret``,
     ``json``, ``show`` in scope). The specs travel as one JSON string literal: a single
     token for the parser."""
     checks = ", ".join(

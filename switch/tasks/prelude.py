@@ -20,23 +20,11 @@ import json
 
 from . import api
 
-# Runtime-internal callables used by require(); not part of the documented API.
-INTERNAL = ("$resolve", "$source")
 
 _CORE = r"""(function (g) {
 'use strict';
-var gate = g.__sw_py;
+var gate = g.__sw_py;  // gate(verb, ...args): the task's one Python callable
 delete g.__sw_py;
-var py = {};
-function via(name) {
-  return function () {
-    var a = [name];
-    for (var i = 0; i < arguments.length; i++) a.push(arguments[i]);
-    return gate.apply(null, a);
-  };
-}
-var names = __NAMES__;
-for (var i = 0; i < names.length; i++) py[names[i]] = via(names[i]);
 var files = [];
 function locate(line) {
   for (var i = files.length - 1; i >= 0; i--) {
@@ -67,7 +55,7 @@ function json(name, v) {
   }
   return s === undefined ? 'null' : s;
 }
-function call(name, args) { return ret(py[name].apply(null, args)); }
+function call(name, args) { return ret(gate.apply(null, [name].concat(args))); }
 function show(v) {
   if (typeof v === 'string') return v;
   if (v instanceof Error) return String(v);
@@ -115,7 +103,7 @@ function entry(name) {
   if (typeof fn !== 'function' && mainModule.exports) fn = mainModule.exports[name];
   return typeof fn === 'function' ? fn : null;
 }
-var __sw = { py: py, ret: ret, json: json, call: call, show: show, hasEntry: function (n) { return entry(n) !== null; } };
+var __sw = { ret: ret, json: json, call: call, show: show, hasEntry: function (n) { return entry(n) !== null; } };
 __BINDINGS__
 function logger(level) {
   return function () {
@@ -163,11 +151,9 @@ def _minify(js: str) -> str:
     return "\n".join("" if ln.strip().startswith("//") else ln.strip() for ln in js.split("\n"))
 
 
-PYTHON_NAMES: tuple[str, ...] = tuple(v.name for v in api.python_verbs()) + INTERNAL
 
 PRELUDE = _minify(
-    _CORE.replace("__NAMES__", json.dumps(list(PYTHON_NAMES)))
-    .replace("__HOOK__", json.dumps(_minify(_HOOK)))
+    _CORE.replace("__HOOK__", json.dumps(_minify(_HOOK)))
     .replace("__BINDINGS__", api.js_bindings())
 )
 PRELUDE_LINES = PRELUDE.count("\n") + 1
