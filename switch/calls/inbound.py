@@ -34,6 +34,7 @@ class InboundLeg(Leg):
                  offer: SessionDescription | None) -> None:
         super().__init__(engine, invite.call_id, engine.local_ip_for(txn.addr[0]), LegState.INCOMING)
         self.txn = txn
+        invite.freeze()  # kept for the whole call: as GC-untracked data
         self.invite = invite
         self.offer = offer  # None: the INVITE had no SDP; we offer in the 200, ACK answers
         self.our_offer: SessionDescription | None = None

@@ -195,6 +195,14 @@ class SipMessage:
         self.headers.pop(name, None)
         self._invalidate(name)
 
+    def freeze(self) -> None:
+        """The message will not change any more (e.g. the INVITE a call keeps for its
+        whole life): hold header values as tuples and drop the parsed views. Tuples of
+        strings are untracked by the garbage collector, so a live call's request costs
+        its passes nothing; the views are parsed again if asked for."""
+        self.headers = {name: tuple(values) for name, values in self.headers.items()}  # type: ignore[misc]
+        self._via = self._from = self._to = self._cseq = None
+
     def _invalidate(self, name: str) -> None:
         if name == "via":
             self._via = None
