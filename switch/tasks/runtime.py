@@ -38,6 +38,7 @@ perf figures are printed by ``pytest tests/unit -k "tasks_perf or 1000" -s``):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import atexit
 import enum
 import inspect
@@ -62,6 +63,11 @@ from .events import Event
 from .prelude import PRELUDE
 
 log = logging.getLogger("switch.tasks")
+
+# Every loop callback otherwise copies the current contextvars.Context; a task's
+# ReadInput(3600) timer would keep such a copy (a GC-tracked object) for the whole call.
+# Nothing here uses context variables, so all our callbacks share one empty context.
+NO_CONTEXT = contextvars.Context()
 
 MiB = 1024 * 1024
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -155,7 +161,7 @@ class Task:
                 return None
         rt = self.runtime
         if timeout is not None:
-            self._timer = rt.loop.call_later(timeout, rt._input_timeout, self)
+            self._timer = rt.loop.call_later(timeout, rt._input_timeout, self, context=NO_CONTEXT)
         self._set_state(TaskState.WAITING_INPUT)
         try:
             self._suspend()
@@ -247,7 +253,7 @@ class TaskRuntime:
         self._next_tid += 1
         task = Task(self, tid, app, entry, param, leg, parent)
         self._tasks[tid] = task
-        self.loop.call_soon(self._begin, task)
+        self.loop.call_soon(self._begin, task, context=NO_CONTEXT)
         return task
 
     def post(self, tid: int, event: Event) -> bool:
@@ -263,7 +269,7 @@ class TaskRuntime:
             if task._timer is not None:
                 task._timer.cancel()
                 task._timer = None
-            self.loop.call_soon(self._wake, task)
+            self.loop.call_soon(self._wake, task, context=NO_CONTEXT)
         return True
 
     def terminate(self, tid: int) -> bool:
