@@ -28,6 +28,7 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -665,29 +666,15 @@ def _fill_counts(res: SippResult) -> None:
             setattr(res, attr, int(found[-1]))
 
 
-def run_sipp(
-    scenario: str,
-    target: str,
-    *,
-    keys: dict[str, object] | None = None,
-    calls: int = 1,
-    rate: float | None = None,
-    timeout: float = 30.0,
-    service: str = "service",
-    pause_ms: int | None = None,
-    workdir: Path | str | None = None,
-    extra_args: Sequence[str] = (),
-) -> SippResult:
+def run_sipp(scenario: str, target: str, **kw: Any) -> SippResult:
     """Run a scenario from sipp_scenarios/ (name or path; "sn:uac" for a built-in) against
-    `target` ("host:port") and wait for it.
+    `target` ("host:port") and wait for it. The keyword arguments are SippRun's:
 
     keys: -key NAME VALUE pairs (e.g. {"rtpport": sink.port}); calls: -m; rate: -r calls/s;
     timeout: SIPp's global -timeout (it then fails, -timeout_error); service: -s (the
-    Request-URI user); pause_ms: -d (the default <pause/>).
+    Request-URI user); pause_ms: -d (the default <pause/>); workdir; extra_args.
     """
-    return SippRun(scenario, target, keys=keys, calls=calls, rate=rate, timeout=timeout,
-                   service=service, pause_ms=pause_ms, workdir=workdir,
-                   extra_args=extra_args).wait()  # fmt: skip
+    return SippRun(scenario, target, **kw).wait()
 
 
 # --------------------------------------------------------------------------- G.711
