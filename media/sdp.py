@@ -7,6 +7,8 @@ SDP does not lose what we do not understand.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import logging
 from dataclasses import dataclass, field
 
@@ -285,6 +287,23 @@ def _codec_of(m: MediaDescription, rtpmaps: dict[int, Rtpmap], fmt: str) -> tupl
     return None
 
 
+def _first_codec(m: MediaDescription, accept: Collection[str]) -> tuple[tuple[int, str] | None, int | None]:
+    """The first (pt, name) in ``m``'s order whose name is in ``accept``, and the first
+    telephone-event PT."""
+    rtpmaps = m.rtpmaps
+    chosen: tuple[int, str] | None = None
+    dtmf: int | None = None
+    for fmt in m.fmts:
+        c = _codec_of(m, rtpmaps, fmt)
+        if c is None:
+            continue
+        if c[1] == TELEPHONE_EVENT:
+            dtmf = c[0] if dtmf is None else dtmf
+        elif chosen is None and c[1] in accept:
+            chosen = c
+    return chosen, dtmf
+
+
 def _is_rtp_audio(m: MediaDescription) -> bool:
     return m.media == "audio" and m.proto.upper() == "RTP/AVP"
 
@@ -325,15 +344,7 @@ def answer_offer(
         chosen: tuple[int, str] | None = None
         dtmf: int | None = None
         if params is None and _is_rtp_audio(m) and m.port != 0:
-            rtpmaps = m.rtpmaps
-            for fmt in m.fmts:
-                c = _codec_of(m, rtpmaps, fmt)
-                if c is None:
-                    continue
-                if c[1] == TELEPHONE_EVENT:
-                    dtmf = c[0] if dtmf is None else dtmf
-                elif chosen is None and c[1] in supported:
-                    chosen = c
+            chosen, dtmf = _first_codec(m, supported)
         if chosen is None:
             # §6: a rejected stream keeps its m= line with port 0.
             answer.media.append(MediaDescription(m.media, 0, m.proto, m.fmts[:1]))
@@ -407,21 +418,10 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Medi
     om, am = offer.media[index], answer.media[index]
     if am.media != "audio" or am.port == 0:
         raise NoCommonCodec("SDP answer rejected the audio stream (port 0)")
-    ours = {c[0]: c[1] for f in om.fmts if (c := _codec_of(om, om.rtpmaps, f)) is not None}
-    a_maps = am.rtpmaps
-    chosen: tuple[int, str] | None = None
-    dtmf: int | None = None
-    for fmt in am.fmts:
-        c = _codec_of(am, a_maps, fmt)
-        if c is None:
-            continue
-        if c[1] == TELEPHONE_EVENT:
-            dtmf = c[0] if dtmf is None else dtmf
-        elif chosen is None and ours.get(c[0]) == c[1]:
-            chosen = c
-        elif chosen is None and c[1] in ours.values():
-            # Answerer used another PT number for a codec we offered: send with theirs.
-            chosen = c
+    # By name: an answerer may use another PT number for a codec we offered; we then
+    # send with theirs.
+    ours = {c[1] for f in om.fmts if (c := _codec_of(om, om.rtpmaps, f)) is not None}
+    chosen, dtmf = _first_codec(am, ours)
     if chosen is None:
         raise NoCommonCodec(
             f"SDP answer picks no codec we offered ({' '.join(om.fmts)}): {' '.join(am.fmts)}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from collections.abc import Iterable
 
-from .uri import NameAddr, SipUri, split_commas
+from .uri import NameAddr, SipUri, UriError, split_commas, split_hostport
 
 
 class SipParseError(ValueError):
@@ -92,7 +92,10 @@ class Via:
         sent_by = sent_by.strip()
         if not sent_by:
             raise SipParseError("Via has no sent-by")
-        host, port = _split_hostport(sent_by)
+        try:
+            host, port = split_hostport(sent_by)
+        except UriError as exc:
+            raise SipParseError(f"Via sent-by: {exc}") from None
         parsed: dict[str, str | None] = {}
         for param in params:
             key, eq, val = param.strip().partition("=")
@@ -110,22 +113,6 @@ class Via:
     def __str__(self) -> str:
         params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items())
         return f"SIP/2.0/{self.transport} {self.sent_by}{params}"
-
-
-def _split_hostport(text: str) -> tuple[str, int | None]:
-    if text.startswith("["):  # IPv6 reference
-        end = text.find("]")
-        if end < 0:
-            raise SipParseError(f"bad IPv6 host {text!r}")
-        host, rest = text[: end + 1], text[end + 1 :]
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port_text = text.partition(":")
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise SipParseError(f"bad port in {text!r}")
-        return host, int(port_text)
-    return host, None
 
 
 @dataclass(slots=True)

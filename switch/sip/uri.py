@@ -43,6 +43,23 @@ def split_commas(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
+def split_hostport(text: str) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[v6]:port`` (RFC 3261 §25.1 hostport)."""
+    if text.startswith("["):  # IPv6 reference
+        end = text.find("]")
+        if end < 0:
+            raise UriError(f"bad IPv6 host {text!r}")
+        host, rest = text[: end + 1], text[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.partition(":")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise UriError(f"bad port in {text!r}")
+        return host, int(port_text)
+    return host, None
+
+
 def _parse_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text:
@@ -91,20 +108,9 @@ class SipUri:
             user, _, pw = userinfo.partition(":")
             password = pw or None
         hostport, _, params = rest.partition(";")
-        if hostport.startswith("["):
-            end = hostport.find("]")
-            if end < 0:
-                raise UriError(f"bad IPv6 host in {text!r}")
-            host, port_text = hostport[: end + 1], hostport[end + 2 :]
-        else:
-            host, _, port_text = hostport.partition(":")
+        host, port = split_hostport(hostport)
         if not host:
             raise UriError(f"no host in {text!r}")
-        port: int | None = None
-        if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise UriError(f"bad port in {text!r}")
-            port = int(port_text)
         return cls(scheme, user, host.lower(), port, _parse_params(params), headers, password)
 
     @property
