@@ -25,16 +25,46 @@ APPS = Path(__file__).resolve().parent / "apps"
 CLK_TCK = 100
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def children(pid: int) -> list[int]:
+    """The switch's JS worker processes (its direct children)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return sorted(kids)
+
+
+def own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def cpu_seconds(pid: int) -> float:
+    """CPU time of the switch and its JS workers: everything a call costs."""
+    return sum(own_cpu_seconds(p) for p in [pid, *children(pid)])
+
+
+def own_rss_kib(pid: int, field: str = "VmRSS") -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """RSS of the switch plus its JS workers (VmHWM: the sum of each one's peak)."""
+    return sum(own_rss_kib(p, field) for p in [pid, *children(pid)])
 
 
 @dataclass
@@ -68,6 +98,11 @@ def sipp_load(target: str, *, rate: float, calls: int, hold_ms: int, limit: int,
 def _count(screen: str, label: str) -> int:
     found = re.findall(rf"{label}\s*\|\s*\d+\s*\|\s*(\d+)", screen)
     return int(found[-1]) if found else 0
+
+
+def split_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the switch process itself and of its JS workers, apart."""
+    return {"switch": own_cpu_seconds(pid), "workers": sum(own_cpu_seconds(p) for p in children(pid))}
 
 
 def start_switch(app: str, extra: list[str] | None = None) -> SwitchProcess:

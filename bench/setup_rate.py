@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import cpu_seconds, median, rss_kib, sipp_load, start_switch
+from common import median, rss_kib, sipp_load, split_cpu, start_switch
 
 
 def main() -> None:
@@ -19,24 +19,32 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     ap.add_argument("--runs", type=int, default=3, help="runs per rate (median reported)")
     ap.add_argument("--hold-ms", type=int, default=1000, help="how long each call stays up")
+    ap.add_argument("--js-workers", type=int, default=0, help="--js-workers of the switch (0: its default)")
     args = ap.parse_args()
-    print("| rate (calls/s) | calls | failed (median) | switch CPU % (median) | peak RSS MiB (median) |")
-    print("|---:|---:|---:|---:|---:|")
+    extra = ["--js-workers", str(args.js_workers)] if args.js_workers else []
+    print("| rate (calls/s) | calls | failed (median) | CPU % switch + workers (median) | "
+          "CPU ms/call: switch + workers = total | peak RSS MiB, all processes (median) |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for rate in (float(r) for r in args.rates.split(",")):
         calls = int(rate * args.duration)
-        failed, cpu, rss = [], [], []
+        failed, cpu_main, cpu_js, rss, per_call = [], [], [], [], []
         for _ in range(args.runs):
-            switch = start_switch("answer_play")
+            switch = start_switch("answer_play", extra)
             pid = switch.proc.pid
-            cpu0 = cpu_seconds(pid)
+            cpu0 = split_cpu(pid)
             res = sipp_load(switch.sip_target, rate=rate, calls=calls, hold_ms=args.hold_ms,
                             limit=int(rate * 10) + 100, timeout=args.duration * 3 + 30)
-            cpu.append(100 * (cpu_seconds(pid) - cpu0) / res.seconds)
+            cpu1 = split_cpu(pid)
+            cpu_main.append(100 * (cpu1["switch"] - cpu0["switch"]) / res.seconds)
+            cpu_js.append(100 * (cpu1["workers"] - cpu0["workers"]) / res.seconds)
+            done = max(1, res.successful)
+            per_call.append(tuple(1000 * (cpu1[k] - cpu0[k]) / done for k in ("switch", "workers")))
             rss.append(rss_kib(pid, "VmHWM") / 1024)
             failed.append(res.failed + (calls - res.successful - res.failed))
             switch.stop()
-        print(f"| {rate:.0f} | {calls} | {median(failed):.0f} | {median(cpu):.0f} | {median(rss):.0f} |",
-              flush=True)
+        print(f"| {rate:.0f} | {calls} | {median(failed):.0f} | {median(cpu_main):.0f} + {median(cpu_js):.0f} | "
+              f"{median([p[0] for p in per_call]):.2f} + {median([p[1] for p in per_call]):.2f} = "
+              f"{median([p[0] + p[1] for p in per_call]):.2f} | {median(rss):.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -78,10 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gateway", metavar="URI",
                      help="default gateway for numbers the apps dial (StartBridgedCall), e.g. "
                           "sip:10.0.0.1:5060; per-prefix gateways go in the config ([[outbound_routes]])")
+    run.add_argument("--js-workers", type=int, metavar="N",
+                     help="JS worker processes that run the call tasks, apart from SIP and media: a "
+                          "script's compute, runaway or crash only touches its worker (default: one per core)")
+    run.add_argument("--task-cpu-seconds", type=float, metavar="SECONDS",
+                     help="JS CPU time a task may use without calling a verb; past it the task is "
+                          "interrupted, logged, and its call ended (500 or BYE) (default 5)")
     run.add_argument("--watchdog", type=float, metavar="SECONDS", dest="watchdog_s",
-                     help="if the event loop is stuck this long (a script looping without calling any "
-                          "verb), log the task and exit 70 so systemd/the container restarts the switch "
-                          "(default 10; 0 disables)")
+                     help="if the switch's own event loop is stuck this long (a bug of ours; scripts run "
+                          "elsewhere), log and exit 70 so systemd/the container restarts the switch; a JS "
+                          "worker silent this long (and twice the CPU budget) is killed and restarted "
+                          "(default 10; 0 disables the loop watchdog)")
     run.add_argument("--sip-t1", type=float, metavar="SECONDS",
                      help="RFC 3261 timer T1 (default 0.5); an unanswered INVITE fails with 408 "
                           "after 64*T1")
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "listen", "rtp_ports", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
-        "task_memory_mb", "control", "gateway", "sip_t1", "watchdog_s")}
+        "task_memory_mb", "control", "gateway", "sip_t1", "watchdog_s", "js_workers", "task_cpu_seconds")}
     try:
         config = load(args.config, overrides)
     except ConfigError as exc:

@@ -15,8 +15,10 @@ the flags. Keys in the file are the flag names with '_' for '-':
     control_token = "..."        # required as "Authorization: Bearer ..." when set
     gateway = "sip:10.0.0.1:5060"  # where StartBridgedCall sends numbers (default gateway)
     sip_t1 = 0.5                 # RFC 3261 T1; an unanswered INVITE fails with 408 after 64*T1
-    watchdog_s = 10              # event loop stuck this long (a script looping without a verb):
-                                 # log the task and exit 70 for the supervisor to restart; 0 = off
+    js_workers = 2               # JS worker processes running the tasks (default: one per core)
+    task_cpu_seconds = 5         # a task computing this long without calling a verb is stopped
+    watchdog_s = 10              # the switch's own event loop stuck this long (a bug of ours):
+                                 # log and exit 70 for the supervisor to restart; 0 = off
 
     [users]                      # SIP accounts that may REGISTER (digest auth, realm set by
     alice = "s3cret"             # the top-level key realm = "..."); without any, REGISTER gets
@@ -79,7 +81,9 @@ class Config:
     sip_t1: float = 0.5  # RFC 3261 T1 (s): Timer B/F (no answer -> 408) = 64*T1
     users: dict = field(default_factory=dict)  # [users] name = "password": accounts that may REGISTER
     realm: str = "softswitch"  # digest realm of those accounts
-    watchdog_s: float = 10.0  # a loop stuck this long (a JS loop that never yields) ends the process; 0: off
+    watchdog_s: float = 10.0  # the switch's loop stuck this long (our bug) ends the process; 0: off
+    js_workers: int = 0  # JS worker processes; 0: one per core (switch/tasks/pool.py)
+    task_cpu_seconds: float = 5.0  # JS CPU a task may use between two verbs before it is interrupted
 
     # ---- parsed views, validated once
     @property
@@ -120,6 +124,10 @@ class Config:
         if not isinstance(self.users, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and v for k, v in self.users.items()):
             raise ConfigError('users must be a [users] table of name = "password" (non-empty)')
+        if not 0 <= self.js_workers <= 64:
+            raise ConfigError(f"js_workers must be between 1 and 64 (0: one per core), not {self.js_workers}")
+        if not 0.05 <= self.task_cpu_seconds <= 3600:
+            raise ConfigError(f"task_cpu_seconds must be between 0.05 and 3600, not {self.task_cpu_seconds}")
         if not 0.01 <= self.sip_t1 <= 5:
             raise ConfigError(f"sip_t1 must be between 0.01 and 5 seconds, not {self.sip_t1}")
 

@@ -1,4 +1,5 @@
-"""The switch process: wires SIP, the call engine, media and the task runtime on one loop.
+"""The switch process: wires SIP, the call engine and media on one loop, and the JS
+workers that run the tasks (``switch/tasks/pool.py``).
 
 Each piece has one owner here: ``Switch.start()`` starts them in order and
 ``Switch.stop()`` stops them in reverse, so nothing is left running.
@@ -31,7 +32,8 @@ from .sip.message import SipRequest
 from .sip.transaction import TransactionLayer
 from .sip.transport import SipTransport
 from .tasks.app import AppError, JsApp
-from .tasks.runtime import TaskRuntime
+from .tasks.boundary import CallError
+from .tasks.pool import WorkerPool, default_worker_count
 from .watchdog import LoopWatchdog
 
 logger = logging.getLogger("switch")
@@ -76,11 +78,14 @@ class Switch:
         # Decoding and HTTP fetches run here, never on the loop.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="media-decode")
         self.playback = PlaybackCache(self.executor)
-        self.runtime = TaskRuntime(loop, memory_limit=cfg.task_memory_mb * 1024 * 1024)
+        self.tasks = WorkerPool(loop, cfg.js_workers or default_worker_count(), memory_mb=cfg.task_memory_mb,
+                                cpu_seconds=cfg.task_cpu_seconds, stall_timeout=cfg.watchdog_s or 10.0,
+                                log_level=cfg.log_level, log_format=cfg.log_format)
         self.lag = LoopLagMonitor(loop)
         self.lag.start()
         self.admission = Admission(self.lag, cfg.max_calls,
-                                   rtp_ports_free=lambda: self.ports.capacity - self.ports.in_use)
+                                   rtp_ports_free=lambda: self.ports.capacity - self.ports.in_use,
+                                   tasks_available=lambda: self.tasks.available)
         self.engine = CallEngine(
             loop, self.sip, self.admission, self.playback,
             open_media=self._open_media, start_call=self._start_call,
@@ -88,12 +93,13 @@ class Switch:
             gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules),
             registrar=Registrar(cfg.users, cfg.realm),
         )
-        self.runtime.switchboard = Switchboard(self.engine, self.runtime.post)
+        self.tasks.switchboard = Switchboard(self.engine, self.tasks.post)
         self.watchdog: LoopWatchdog | None = None
         if cfg.watchdog_s > 0:
-            self.watchdog = LoopWatchdog(loop, self.runtime, cfg.watchdog_s)
+            self.watchdog = LoopWatchdog(loop, cfg.watchdog_s)
             self.watchdog.start()
         self._load_app()
+        await self.tasks.start()
         await self._start_control()
         # Everything loaded so far (modules, codecs, tables) lives forever: keep it out
         # of the collector's full passes, which otherwise stall the loop (and RTP) for
@@ -132,7 +138,7 @@ class Switch:
     def _app_dirs_in_use(self) -> set[Path]:
         """App version directories live calls still use: never pruned under them."""
         dirs = {leg.app_dir for leg in self.engine.legs.values() if leg.app_dir is not None}
-        dirs.update(t.app.root for t in self.runtime.tasks.values() if t.app.root is not None)
+        dirs.update(t.app.root for t in self.tasks.tasks.values() if t.app is not None and t.app.root is not None)
         return dirs
 
     async def _start_control(self) -> None:
@@ -169,9 +175,12 @@ class Switch:
         except AppError as exc:
             return str(exc)
         leg.app_dir = app.root
-        task = self.runtime.start(app, "Main", leg=leg)
+        try:
+            task = self.tasks.start_task(app, "Main", leg=leg)
+        except CallError as exc:
+            return str(exc)
         leg.task_id = task.tid
-        leg.notify = lambda event, tid=task.tid: self.runtime.post(tid, event)
+        leg.notify = lambda event, tid=task.tid: self.tasks.post(tid, event)
         return None
 
     # ------------------------------------------------------------------ lifecycle
@@ -186,7 +195,7 @@ class Switch:
 
     async def stop(self) -> None:
         """Drain: refuse new calls (503), BYE the running ones, wait for answers, stop."""
-        logger.info("stopping: %d live calls, %d tasks", self.engine.live_calls(), len(self.runtime))
+        logger.info("stopping: %d live calls, %d tasks", self.engine.live_calls(), len(self.tasks))
         if self.control is not None:  # no installs while draining
             await self.control.stop()
         self.admission.draining = True
@@ -194,7 +203,7 @@ class Switch:
         deadline = self.loop.time() + DRAIN_TIMEOUT
         while self.engine.live_calls() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
-        await self.runtime.shutdown()
+        await self.tasks.shutdown()
         self.lag.stop()
         if self.watchdog is not None:
             self.watchdog.stop()

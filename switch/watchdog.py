@@ -1,13 +1,10 @@
-"""The loop watchdog: a script that never yields must not hang the switch for ever.
+"""The loop watchdog: the last resort for a bug of ours that stalls the switch's loop.
 
-Every task runs on the one event loop, and a JS ``while (true) {}`` that calls no verb
-never gives it back. quickjs-ng offers no way to interrupt a running context from
-another thread (its time limit is armed only when an eval starts, and forbids calls into
-Python), so the watchdog cannot stop the script. What it can do: notice that the loop
-has not turned for ``timeout`` seconds, log which task (app, entry, tid) holds it, and
-end the process with exit code 70 so the supervisor (systemd ``Restart=always``, a
-container runtime) starts a fresh switch. A hung switch would hold every call and
-refuse none; a restart loses the calls once and serves again.
+Scripts no longer run on this loop (they run in JS workers, with a CPU budget per task:
+switch/tasks/pool.py), so nothing an app does can stop it. If it stops anyway for
+``timeout`` seconds (a bug in our SIP, media or engine code), a hung switch would hold
+every call and refuse none: log it and end the process with exit code 70 so the
+supervisor (systemd ``Restart=always``, a container runtime) starts a fresh switch.
 """
 
 from __future__ import annotations
@@ -19,17 +16,14 @@ import sys
 import threading
 import time
 
-from .tasks.runtime import TaskRuntime
-
 logger = logging.getLogger(__name__)
 
 EXIT_CODE = 70  # EX_SOFTWARE
 
 
 class LoopWatchdog:
-    def __init__(self, loop: asyncio.AbstractEventLoop, runtime: TaskRuntime, timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self.loop = loop
-        self.runtime = runtime
         self.timeout = timeout
         self._beat = time.monotonic()
         self._handle: asyncio.TimerHandle | None = None
@@ -54,11 +48,8 @@ class LoopWatchdog:
             stalled = time.monotonic() - self._beat
             if stalled < self.timeout:
                 continue
-            task = self.runtime.running
-            culprit = (f"task {task.tid} of app {task.app.name}@{task.app.version} running "
-                       f"{task.entry}() (a loop that calls no verb?)" if task else "no JS task (a bug of ours)")
-            logger.critical("event loop stuck for %.0f s: %s; exiting with %d so the supervisor "
-                            "restarts the switch", stalled, culprit, EXIT_CODE)
+            logger.critical("event loop stuck for %.0f s (no JS runs on it: a bug of the switch); exiting "
+                            "with %d so the supervisor restarts the switch", stalled, EXIT_CODE)
             for handler in logging.getLogger().handlers:
                 handler.flush()
             sys.stderr.flush()

@@ -56,7 +56,8 @@ class LoopLagMonitor:
 class Admission:
     def __init__(self, lag: LoopLagMonitor, max_calls: int, max_lag: float = 0.1,
                  max_sustained_lag: float = 0.015,
-                 rtp_ports_free: Callable[[], int] = lambda: 2) -> None:
+                 rtp_ports_free: Callable[[], int] = lambda: 2,
+                 tasks_available: Callable[[], bool] = lambda: True) -> None:
         # Two signals. A single stall (a GC pass) shows in the smoothed lag: shed for a
         # moment past max_lag. Saturation shows as a median lateness that creeps up while
         # calls stop ending on time (measured at 500 calls/s on 2 cores: 4 -> 11 -> 16 ms
@@ -64,6 +65,7 @@ class Admission:
         self.max_sustained_lag = max_sustained_lag
         self.lag = lag
         self.rtp_ports_free = rtp_ports_free
+        self.tasks_available = tasks_available  # a JS worker is up to run the call's task
         self.max_calls = max_calls
         self.max_lag = max_lag
         self.draining = False
@@ -89,6 +91,8 @@ class Admission:
             return "shutting down"
         if live_calls >= self.max_calls:
             return f"call limit {self.max_calls} reached"
+        if not self.tasks_available():
+            return "no JS worker running (restarting)"
         if self.rtp_ports_free() < 2:  # a bridged call needs two legs
             return "RTP port range exhausted (widen --rtp-ports)"
         if self.lag.lag > self.max_lag:

@@ -8,7 +8,7 @@ from media.sdp import NoCommonCodec, SessionDescription, accept_answer, answer_o
 from media.session import MediaSession
 
 from ..sip.dialog import Dialog
-from ..sip.message import SipRequest, SipResponse, make_response
+from ..sip.message import COMPACT_FORMS, SipRequest, SipResponse, make_response
 from ..sip.transaction import InviteServerTransaction
 from ..tasks import events
 from ..tasks.boundary import CallError
@@ -42,16 +42,23 @@ class InboundLeg(Leg):
         self._bye_after_ack = False
 
     # ------------------------------------------------------------------ CallControl
+    def request_fields(self) -> dict[str, str]:
+        """Every field ``request_data`` answers, by lower-case name: the INVITE's headers
+        (multiple values joined with ", ", compact forms too), ``request-uri`` (also
+        ``ruri``, ``uri``), ``method`` and ``body``. Fixed for the call's life (the INVITE
+        is frozen), so it travels to the task's JS worker once, with the task's start."""
+        invite = self.invite
+        fields = {name: ", ".join(values) for name, values in invite.headers.items() if values}
+        for short, full in COMPACT_FORMS.items():
+            if full in fields:
+                fields[short] = fields[full]
+        fields["request-uri"] = fields["ruri"] = fields["uri"] = invite.uri
+        fields["method"] = invite.method
+        fields["body"] = invite.body.decode("utf-8", "replace")
+        return fields
+
     def request_data(self, name: str) -> str | None:
-        key = name.lower()
-        if key in ("request-uri", "ruri", "uri"):
-            return self.invite.uri
-        if key == "method":
-            return self.invite.method
-        if key == "body":
-            return self.invite.body.decode("utf-8", "replace")
-        values = self.invite.get_all(key)
-        return ", ".join(values) if values else None
+        return self.request_fields().get(name.lower())
 
     def provision(self) -> None:
         self._require_live("ProvisionCall")

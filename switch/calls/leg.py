@@ -97,6 +97,10 @@ class Leg:
             raise CallError(f"{verb}: the call has ended ({self.end_reason or 'hung up'})")
 
     # ------------------------------------------------------------------ CallControl (shared)
+    def request_fields(self) -> dict[str, str] | None:
+        """The request fields, when they are fixed for the call's life (inbound only)."""
+        return None
+
     async def play_file(self, url: str, loop: bool = False) -> None:
         self._require_live("PlayFile")
         if self.app_dir is None:

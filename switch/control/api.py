@@ -123,7 +123,7 @@ class ControlApi:
         now = sw.loop.time()
         out = []
         for leg in list(sw.engine.legs.values()):
-            task = sw.runtime.get(leg.task_id) if leg.task_id is not None else None
+            task = sw.tasks.get(leg.task_id) if leg.task_id is not None else None
             app = task.app if task is not None else None
             out.append({
                 "id": leg.call_id,
@@ -146,7 +146,9 @@ class ControlApi:
             "version": _version(),
             "uptime_s": round(time.time() - self.started, 1),
             "live_calls": sw.engine.live_calls(),
-            "live_tasks": len(sw.runtime),
+            "live_tasks": len(sw.tasks),
+            "js_workers": sw.tasks.info(),
+            "js_worker_deaths": sw.tasks.deaths,
             "mode": "installed" if sw.apps is not None else "single-app",
             "app_dir": sw.config.app or None,
             "apps": len(sw.apps.apps) if sw.apps is not None else 0,

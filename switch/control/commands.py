@@ -217,6 +217,10 @@ def _status(args: argparse.Namespace) -> None:
     mode = f"single app {s['app_dir']}" if s["mode"] == "single-app" else f"{s['apps']} installed app(s)"
     print(f"softswitch {s['version']}, up {_duration(s['uptime_s'])}: {s['live_calls']} live call(s), "
           f"{s['live_tasks']} task(s), {mode}, data {s['data_dir']}")
+    workers = s.get("js_workers", [])
+    rows = [(str(w["index"]), str(w["pid"]), "up" if w["alive"] else "restarting", str(w["tasks"]),
+             str(w["restarts"])) for w in workers]
+    _table(("JS WORKER", "PID", "STATE", "TASKS", "RESTARTS"), rows, empty="no JS workers")
 
 
 def _route_list(args: argparse.Namespace, routes: list[dict[str, Any]] | None = None) -> None:

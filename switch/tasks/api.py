@@ -103,8 +103,8 @@ def _parent_task(task: Task) -> int | None:
     return task.parent
 
 
-def _send_event(task: Task, tid: int, what: str, param: Any = None) -> bool:
-    return task.runtime.post(tid, events.user_event(what, param, task.tid))
+def _send_event(task: Task, tid: int, what: str, param: Any = None) -> Any:
+    return task.runtime.send_event(tid, events.user_event(what, param, task.tid))
 
 
 def _read_input(task: Task, timeout: float | None = None) -> events.Event | None:
@@ -137,8 +137,9 @@ def _stop_play(task: Task) -> None:
     task.call_leg().stop_play()
 
 
-def _is_connected(task: Task) -> bool:
-    return task.leg is not None and bool(task.leg.is_connected())
+def _is_connected(task: Task) -> Any:
+    # The leg answers, or returns an awaitable when it lives in another process.
+    return False if task.leg is None else task.leg.is_connected()
 
 
 def _disconnect(task: Task) -> None:

@@ -20,7 +20,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Protocol, runtime_checkable
 
 
@@ -36,8 +36,14 @@ class CallError(Exception):
 class CallControl(Protocol):
     """The task's leg."""
 
-    def request_data(self, name: str) -> str | None:
+    def request_data(self, name: str) -> str | None | Awaitable[str | None]:
         """A header or field of the inbound INVITE ('To', 'From', 'Request-URI', ...)."""
+        ...
+
+    def request_fields(self) -> Mapping[str, str] | None:
+        """Every field ``request_data`` answers, by lower-case name, when they cannot
+        change for the call's life (an inbound INVITE); None otherwise. A JS worker gets
+        them with the task's start and answers ``PendingRequestData`` without a round trip."""
         ...
 
     def provision(self) -> None: ...
@@ -50,7 +56,7 @@ class CallControl(Protocol):
 
     def stop_play(self) -> None: ...
 
-    def is_connected(self) -> bool: ...
+    def is_connected(self) -> bool | Awaitable[bool]: ...
 
     def disconnect(self) -> None: ...
 

@@ -59,6 +59,7 @@ import quickjs
 from . import api
 from .app import MAIN, JsApp, ModuleNotFound
 from .boundary import CallControl, CallError, Switchboard
+from .budget import CpuBudget
 from .events import Event
 from .prelude import PRELUDE
 
@@ -115,6 +116,7 @@ class Task:
         self.queue: deque[Event] = deque()
         self.state = TaskState.PENDING
         self.error: str | None = None  # "file:line: message" if the task threw
+        self.cpu_exceeded = False  # interrupted by the CPU budget: no verb is served any more
         self.log = TaskLogger(log, {"prefix": f"task[{tid} {app.name}]"})
         self._greenlet: greenlet.greenlet | None = None
         self._ctx: quickjs.Context | None = None
@@ -209,13 +211,23 @@ _RUNTIMES: weakref.WeakSet[TaskRuntime] = weakref.WeakSet()
 class TaskRuntime:
     """Runs JS tasks on ``loop``; one per process (or per worker)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, memory_limit: int = 32 * MiB, max_stack: int = 1 * MiB) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, memory_limit: int = 32 * MiB, max_stack: int = 1 * MiB,
+                 cpu_seconds: float | None = None) -> None:
         self.loop = loop
         self.memory_limit = memory_limit
         self.max_stack = max_stack
         self._tasks: dict[int, Task] = {}
         self.switchboard: Switchboard | None = None  # bridging, provided by the call engine
         self.running: Task | None = None  # the task whose greenlet is executing, if any
+        # Where tids come from: a counter here; a JS worker draws them from blocks the
+        # switch hands out, so tids stay unique across workers (switch/tasks/worker.py).
+        self.allocate_tid: Callable[[], int] = self._count_tid
+        self.on_started: Callable[[Task], None] | None = None  # a script started a task (Spawn)
+        self.on_ended: Callable[[Task], None] | None = None  # after every task's end
+        # SendEvent to a tid this runtime does not have (a JS worker asks the switch):
+        # returns whether it was delivered, or an awaitable of that.
+        self.forward: Callable[[int, Event], Any] | None = None
+        self.budget = CpuBudget(cpu_seconds, self._cpu_exceeded) if cpu_seconds else None
         self._next_tid = 1
         self._hub: greenlet.greenlet | None = None
         self._impls: dict[str, Callable[..., Any]] = {v.name: v.impl for v in api.python_verbs()}  # type: ignore[misc]
@@ -225,6 +237,16 @@ class TaskRuntime:
         self._specs = {name: _VerbSpec(name, impl, self._json_args.get(name, ()))
                        for name, impl in self._impls.items()}
         _RUNTIMES.add(self)
+
+    def _count_tid(self) -> int:
+        tid = self._next_tid
+        self._next_tid += 1
+        return tid
+
+    def _cpu_exceeded(self) -> None:
+        # Called from the interrupt handler, inside the running task's JS.
+        if self.running is not None:
+            self.running.cpu_exceeded = True
 
     # -- registry
 
@@ -249,8 +271,16 @@ class TaskRuntime:
         parent: int | None = None,
     ) -> Task:
         """Create a task running ``entry(param)``; it starts on the next loop iteration."""
-        tid = self._next_tid
-        self._next_tid += 1
+        task = self.start_with_tid(self.allocate_tid(), app, entry, param, leg, parent)
+        if self.on_started is not None:
+            self.on_started(task)
+        return task
+
+    def start_with_tid(self, tid: int, app: JsApp, entry: str, param: Any = None,
+                       leg: CallControl | None = None, parent: int | None = None) -> Task:
+        """``start`` with a tid chosen by the caller (the switch, for a worker's root task)."""
+        if tid in self._tasks:
+            raise ValueError(f"task {tid} exists")
         task = Task(self, tid, app, entry, param, leg, parent)
         self._tasks[tid] = task
         self.loop.call_soon(self._begin, task, context=NO_CONTEXT)
@@ -271,6 +301,12 @@ class TaskRuntime:
                 task._timer = None
             self.loop.call_soon(self._wake, task, context=NO_CONTEXT)
         return True
+
+    def send_event(self, tid: int, event: Event) -> Any:
+        """``SendEvent``: post here, or forward to the task's runtime elsewhere."""
+        if tid not in self._tasks and self.forward is not None:
+            return self.forward(tid, event)
+        return self.post(tid, event)
 
     def terminate(self, tid: int) -> bool:
         task = self._tasks.get(tid)
@@ -356,8 +392,11 @@ class TaskRuntime:
             ctx = quickjs.Context()
             ctx.set_memory_limit(self.memory_limit)
             ctx.set_max_stack_size(self.max_stack)
-            ctx.add_callable("__sw_py", _TaskGate(task, self._specs))
+            ctx.add_callable("__sw_py", _TaskGate(task, self._specs, self.budget))
             task._ctx = ctx
+            if self.budget is not None:
+                self.budget.attach(ctx)
+                self.budget.start_segment()
             ctx.eval(PRELUDE)
             ctx.eval(f"__sw_layout({json.dumps(task.app.layout_json())})")
             ctx.eval(task.app.files[MAIN].code)
@@ -366,7 +405,13 @@ class TaskRuntime:
             else:
                 ctx.eval(f"__sw_enter({json.dumps(task.entry)}, {json.dumps(json.dumps(task.param))})")
         except quickjs.JSException as e:
-            if not task._terminating:
+            if task.cpu_exceeded:
+                where, stack = self._describe(task, str(e))
+                assert self.budget is not None
+                error = (f"{where.split(': ', 1)[0]}: task exceeded its CPU budget ({self.budget.seconds:g} s of "
+                         f"JS without calling a verb, --task-cpu-seconds) in app {task.app.name}@"
+                         f"{task.app.version}: interrupted", stack)
+            elif not task._terminating:
                 error = self._describe(task, str(e))
         except BaseException as e:  # a bug of ours or the binding: still end the task cleanly
             if not task._terminating:
@@ -398,6 +443,11 @@ class TaskRuntime:
                 self.switchboard.task_ended(task.tid)
             except Exception:
                 task.log.exception("switchboard.task_ended failed")
+        if self.on_ended is not None:
+            try:
+                self.on_ended(task)
+            except Exception:
+                task.log.exception("on_ended failed")
 
     def _describe(self, task: Task, text: str) -> tuple[str, str]:
         """JSException text -> ('file:line: message', mapped stack)."""
@@ -443,21 +493,30 @@ class _TaskGate:
     task), and 20 bound objects still cost 20; every tracked object is walked by each
     full collection, which stalls RTP (measured: 42 ms pauses at 2000 tasks)."""
 
-    __slots__ = ("task", "specs")
+    __slots__ = ("task", "specs", "budget")
 
-    def __init__(self, task: Task, specs: dict[str, _VerbSpec]) -> None:
+    def __init__(self, task: Task, specs: dict[str, _VerbSpec], budget: CpuBudget | None) -> None:
         self.task = task
         self.specs = specs
+        self.budget = budget
 
     def __call__(self, name: str, *args: Any) -> Any:
+        task = self.task
+        if task._terminating or task.cpu_exceeded:
+            return "x"
+        try:
+            return self._call(task, name, args)
+        finally:
+            # Back into JS: a new segment of the task's CPU budget (a verb is a yield point).
+            if self.budget is not None and not task.cpu_exceeded:
+                self.budget.start_segment()
+
+    def _call(self, task: Task, name: str, args: tuple[Any, ...]) -> Any:
         # Never raise: a Python exception reaches JS as an anonymous InternalError and,
         # if JS catches it, breaks the next eval (DESIGN §4). See prelude.py for the tags.
-        task = self.task
         spec = self.specs.get(name)
         if spec is None:
             return f"einternal error (no verb {name!r})"
-        if task._terminating:
-            return "x"
         try:
             if spec.json_args:
                 args = tuple(json.loads(a) if i in spec.json_args and a is not None else a

@@ -44,7 +44,7 @@ def fake_switch(tmp_path: Path, *, single_app: bool = False) -> Any:
         config=SimpleNamespace(app="/srv/app" if single_app else "", data_path=tmp_path),
         engine=SimpleNamespace(legs={"call-1;x": leg}, live_calls=lambda: 1, calls_started=1),
         sip=SimpleNamespace(bad_datagrams=0, streams={}),
-        runtime=_Runtime(lambda tid: task if tid == 7 else None),
+        tasks=_Tasks(lambda tid: task if tid == 7 else None),
         clock=MediaClock(loop), ports=RtpPortPool(20000, 20099), admission=SimpleNamespace(refused=0),
         lag=SimpleNamespace(lag=0.0, sustained=0.0),
     )
@@ -64,12 +64,17 @@ async def with_api(tmp_path: Path, fn: Any, *, token: str = "", single_app: bool
         await api.stop()
 
 
-class _Runtime:
+class _Tasks:
+    deaths = 0
+
     def __init__(self, get: Any) -> None:
         self.get = get
 
     def __len__(self) -> int:
         return 1
+
+    def info(self) -> list[dict[str, Any]]:
+        return [{"index": 0, "pid": 4711, "alive": True, "tasks": 1, "restarts": 0}]
 
 
 def test_calls_status_and_json_errors(tmp_path: Path) -> None:
@@ -81,6 +86,7 @@ def test_calls_status_and_json_errors(tmp_path: Path) -> None:
                           "request_uri": "sip:2000@pbx.example.com", "state": "ringing", "age_s": 3.0, "task": 7}]
         s = await (await http.get("/status")).json()
         assert s["live_calls"] == 1 and s["live_tasks"] == 1 and s["mode"] == "installed"
+        assert s["js_workers"] == [{"index": 0, "pid": 4711, "alive": True, "tasks": 1, "restarts": 0}]
         assert s["media"]["streams"] == 0 and s["media"]["send_lateness_ms"]["ticks"] == 0
         r = await http.put("/apps/x", data=b"not json")
         assert r.status == 400 and "JSON" in (await r.json())["error"]
