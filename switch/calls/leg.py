@@ -61,6 +61,7 @@ class Leg:
         self.app_dir: Path | None = None  # for PlayFile paths: the app of the owner task
         self.bridge: Bridge | None = None
         self.notify: Callable[[dict], None] = lambda event: None
+        self._end_watchers: list[Callable[[], None]] = []
         self.task_id: int | None = None
         self.created = engine.loop.time()
         self.end_reason = ""
@@ -123,6 +124,12 @@ class Leg:
     def is_connected(self) -> bool:
         return self.state is not LegState.ENDED
 
+    def on_end(self, callback: Callable[[], None]) -> None:
+        if self.state is LegState.ENDED:
+            callback()
+        else:
+            self._end_watchers.append(callback)
+
     def task_ended(self, error: str | None) -> None:
         self.task_id = None
         if self.state is not LegState.ENDED:
@@ -148,6 +155,9 @@ class Leg:
             self.log.info("%s %s ended (%s)", self.kind, self.call_id, why)
         if not keep_dialog:
             self.engine.forget(self)
+        watchers, self._end_watchers = self._end_watchers, []
+        for callback in watchers:  # before any event about it: IsConnected() is already false
+            callback()
         if self.bridge is not None:
             self.bridge.leg_ended(self)
 

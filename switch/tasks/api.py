@@ -115,35 +115,34 @@ def _pending_request_data(task: Task, name: str) -> str | None:
     return task.call_leg().request_data(name)
 
 
-def _provision_call(task: Task) -> None:
-    task.call_leg().provision()
+def _provision_call(task: Task) -> Any:
+    return task.call_leg().provision()
 
 
 def _accept_call(task: Task) -> Any:
     return task.call_leg().accept()
 
 
-def _reject_call(task: Task, code: int, reason: str | None = None) -> None:
+def _reject_call(task: Task, code: int, reason: str | None = None) -> Any:
     if not 300 <= code <= 699:
         raise ScriptTypeError(f"code must be a final error status 300-699, not {code}")
-    task.call_leg().reject(code, reason)
+    return task.call_leg().reject(code, reason)
 
 
 def _play_file(task: Task, url: str, loop: bool | None = None) -> Any:
     return task.call_leg().play_file(url, bool(loop))
 
 
-def _stop_play(task: Task) -> None:
-    task.call_leg().stop_play()
+def _stop_play(task: Task) -> Any:
+    return task.call_leg().stop_play()
 
 
-def _is_connected(task: Task) -> Any:
-    # The leg answers, or returns an awaitable when it lives in another process.
-    return False if task.leg is None else task.leg.is_connected()
+def _is_connected(task: Task) -> bool:
+    return task.leg is not None and task.leg.is_connected()
 
 
-def _disconnect(task: Task) -> None:
-    task.call_leg().disconnect()
+def _disconnect(task: Task) -> Any:
+    return task.call_leg().disconnect()
 
 
 def _switchboard(task: Task) -> Any:
@@ -153,8 +152,8 @@ def _switchboard(task: Task) -> Any:
     return board
 
 
-def _start_bridge(task: Task, tid: int) -> None:
-    _switchboard(task).start_bridge(task, task.call_leg(), tid)
+def _start_bridge(task: Task, tid: int) -> Any:
+    return _switchboard(task).start_bridge(task, task.call_leg(), tid)
 
 
 def _start_bridged_call(task: Task, dest: str, bridge: Any) -> Any:
@@ -163,14 +162,14 @@ def _start_bridged_call(task: Task, dest: str, bridge: Any) -> Any:
     return _switchboard(task).start_bridged_call(task, dest, bridge)
 
 
-def _reject_bridge(task: Task, bridge: Any) -> None:
+def _reject_bridge(task: Task, bridge: Any) -> Any:
     if not isinstance(bridge, dict) or bridge.get("type") != events.EventType.BRIDGE.value:
         raise ScriptTypeError("bridge must be the Bridge event that StartBridge delivered")
-    _switchboard(task).reject_bridge(task, bridge)
+    return _switchboard(task).reject_bridge(task, bridge)
 
 
-def _break_bridge(task: Task) -> None:
-    _switchboard(task).break_bridge(task)
+def _break_bridge(task: Task) -> Any:
+    return _switchboard(task).break_bridge(task)
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error")

@@ -20,7 +20,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 
@@ -56,7 +56,12 @@ class CallControl(Protocol):
 
     def stop_play(self) -> None: ...
 
-    def is_connected(self) -> bool | Awaitable[bool]: ...
+    def is_connected(self) -> bool: ...
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when the leg ends (``is_connected()`` turns false), at
+        once if it has; a JS worker keeps ``IsConnected()`` local this way."""
+        ...
 
     def disconnect(self) -> None: ...
 

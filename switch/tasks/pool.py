@@ -50,7 +50,7 @@ RESTART_BACKOFF = (0.5, 10.0)
 PING_INTERVAL = 1.0
 
 LEG_VERBS = frozenset(("request_data", "provision", "accept", "reject", "play_file", "stop_play",
-                       "is_connected", "disconnect"))
+                       "disconnect"))  # IsConnected() is answered in the worker ("leg-ended")
 
 
 class TaskRecord:
@@ -78,7 +78,16 @@ class TaskRecord:
 
     def attach_leg(self, leg: CallControl | None) -> None:
         self.leg = leg
-        self.worker.send(["attach", self.tid])
+        if leg is not None:
+            self.worker.send(["attach", self.tid])
+            self.watch(leg)
+
+    def watch(self, leg: CallControl) -> None:
+        """Tell the worker when the leg ends, so ``IsConnected()`` needs no round trip.
+        Sent before any event about the ending and before the reply of the verb that
+        ended it: the worker sees them in that order."""
+        worker = self.worker
+        leg.on_end(lambda: worker.send(["leg-ended", self.tid]) if self.leg is leg else None)
 
 
 class JsWorker:
@@ -315,6 +324,8 @@ class WorkerPool:
         if leg is not None:
             fields = dict(leg.request_fields() or {})
         worker.send(["start", tid, key, entry, param, fields])
+        if leg is not None:
+            record.watch(leg)
         return record
 
     def _app_key(self, app: JsApp) -> str:

@@ -21,6 +21,7 @@ start      tid, app key, entry, param, leg        start a root task; leg: null (
                                                   the fixed request fields of its INVITE
 event      tid, event                             queue a task event (a dict with ``type``)
 attach     tid                                    the task now has a leg (StartBridgedCall)
+leg-ended  tid                                    the task's leg ended: IsConnected() is false
 reply      rid, ok, value                         a verb's result, or [message, status]
 terminate  tid                                    end a task (TaskTerminated)
 tids       low, high                              a block of task ids for Spawn: [low, high)
@@ -58,6 +59,7 @@ SCHEMA: dict[str, int] = {
     "start": 5,
     "event": 2,
     "attach": 1,
+    "leg-ended": 1,
     "reply": 3,
     "terminate": 1,
     "tids": 2,

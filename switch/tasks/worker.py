@@ -114,6 +114,10 @@ class WorkerHost:
             task = self.runtime.get(message[1])
             if task is not None:
                 task.attach_leg(RemoteLeg(self, task.tid, None))
+        elif kind == "leg-ended":
+            task = self.runtime.get(message[1])
+            if isinstance(task.leg if task else None, RemoteLeg):
+                task.leg.connected = False  # type: ignore[union-attr]
         elif kind == "app":
             _, key, name, version, sources = message
             self.apps[key] = JsApp.from_sources(name, sources, version, check=False)
@@ -149,6 +153,7 @@ class RemoteLeg:
         self.host = host
         self.tid = tid
         self.fields = fields  # the inbound INVITE's fields, fixed for the call's life
+        self.connected = True  # until the switch says "leg-ended"
 
     def request_fields(self) -> Mapping[str, str] | None:
         return self.fields
@@ -173,8 +178,11 @@ class RemoteLeg:
     def stop_play(self) -> Any:
         return self.host.call(self.tid, "stop_play")
 
-    def is_connected(self) -> Any:
-        return self.host.call(self.tid, "is_connected")
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def on_end(self, callback: Any) -> None:
+        raise NotImplementedError("the switch watches the leg itself")
 
     def disconnect(self) -> Any:
         return self.host.call(self.tid, "disconnect")

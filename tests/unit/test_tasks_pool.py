@@ -14,6 +14,7 @@ from typing import Any
 
 from switch.tasks import events
 from switch.tasks.app import JsApp
+from switch.tasks.boundary import CallError
 from switch.tasks.pool import TaskRecord, WorkerPool
 from test_tasks_support import FakeLeg, make_app
 
@@ -190,3 +191,42 @@ function Main() {
         assert new.reason() == "again"
 
     run(test, workers=2)
+
+
+def test_is_connected_turns_false_in_order_with_the_verb_that_ended_the_call(tmp_path: Path) -> None:
+    app = make_app(tmp_path, {"main.js": """
+function Main() {
+  var seen = [IsConnected()];
+  Disconnect();
+  seen.push(IsConnected());
+  RejectCall(499, JSON.stringify(seen));
+}
+"""})
+    leg = WireLeg()
+
+    async def test(pool: WorkerPool) -> None:
+        start(pool, app, leg)
+        await until(lambda: leg.ended != [])
+
+    run(test)
+    # connected, then not right after Disconnect(), without an IsConnected round trip
+    assert [c[0] for c in leg.calls] == ["disconnect", "reject"]
+    assert leg.reason() == [True, False]
+
+
+def test_a_verb_refused_by_the_switch_throws_in_the_script(tmp_path: Path) -> None:
+    app = make_app(tmp_path, {"main.js": """
+function Main() {
+  try { RejectCall(486); } catch (e) { RejectCall(499, JSON.stringify(e.message)); }
+}
+"""})
+    leg = WireLeg()
+    leg.fail["reject"] = CallError("RejectCall: the call is already answered; use Disconnect()")
+
+    async def test(pool: WorkerPool) -> None:
+        start(pool, app, leg)
+        await until(lambda: leg.ended != [])
+
+    run(test)
+    assert [c[:2] for c in leg.calls] == [("reject", 486), ("reject", 499)]
+    assert json.loads(leg.calls[1][2]) == "RejectCall: the call is already answered; use Disconnect()"

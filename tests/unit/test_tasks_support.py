@@ -25,7 +25,8 @@ class FakeLeg:
         self.headers = headers or {"To": "<sip:100@example.com>", "From": "<sip:alice@example.com>"}
         self.missing = set(missing)
         self.calls: list[tuple[Any, ...]] = []
-        self.connected = True
+        self._watchers: list[Callable[[], None]] = []
+        self._connected = True
         self.answered = False
         self.ended: list[str | None] = []
         self.task: Task | None = None
@@ -82,6 +83,24 @@ class FakeLeg:
 
     def is_connected(self) -> bool:
         return self.connected
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        was, self._connected = self._connected, value
+        if was and not value:
+            watchers, self._watchers = self._watchers, []
+            for callback in watchers:
+                callback()
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        if self._connected:
+            self._watchers.append(callback)
+        else:
+            callback()
 
     def disconnect(self) -> None:
         self._record("disconnect")
