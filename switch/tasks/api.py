@@ -91,8 +91,8 @@ SECTIONS = {
 # ---- implementations (task is a runtime.Task) ---------------------------------------
 
 
-def _spawn(task: Task, name: str, param: Any = None) -> int:
-    return task.runtime.start(task.app, name, param, parent=task.tid).tid
+def _spawn(task: Task, name: str, param: Any = None) -> Any:
+    return task.runtime.spawn(task.app, name, param, task.tid)
 
 
 def _this_task(task: Task) -> int:

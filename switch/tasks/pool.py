@@ -136,6 +136,9 @@ class JsWorker:
                 "--cpu-seconds", str(pool.cpu_seconds), "--log-level", pool.log_level,
                 "--log-format", pool.log_format,
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         await loop.connect_accepted_socket(lambda: link, ours)

@@ -48,7 +48,7 @@ import math
 import re
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from types import MappingProxyType
 from typing import Any
@@ -220,8 +220,9 @@ class TaskRuntime:
         self.switchboard: Switchboard | None = None  # bridging, provided by the call engine
         self.running: Task | None = None  # the task whose greenlet is executing, if any
         # Where tids come from: a counter here; a JS worker draws them from blocks the
-        # switch hands out, so tids stay unique across workers (switch/tasks/worker.py).
-        self.allocate_tid: Callable[[], int] = self._count_tid
+        # switch hands out, so tids stay unique across workers (switch/tasks/worker.py),
+        # and returns an awaitable tid when it must wait for the next block.
+        self.allocate_tid: Callable[[], int | Awaitable[int]] = self._count_tid
         self.on_started: Callable[[Task], None] | None = None  # a script started a task (Spawn)
         self.on_ended: Callable[[Task], None] | None = None  # after every task's end
         # SendEvent to a tid this runtime does not have (a JS worker asks the switch):
@@ -271,7 +272,23 @@ class TaskRuntime:
         parent: int | None = None,
     ) -> Task:
         """Create a task running ``entry(param)``; it starts on the next loop iteration."""
-        task = self.start_with_tid(self.allocate_tid(), app, entry, param, leg, parent)
+        tid = self.allocate_tid()
+        if not isinstance(tid, int):
+            raise RuntimeError("start() needs a tid at once; use spawn() where waiting is possible")
+        return self._started(self.start_with_tid(tid, app, entry, param, leg, parent))
+
+    def spawn(self, app: JsApp, entry: str, param: Any, parent: int) -> int | Awaitable[int]:
+        """``Spawn``: the new task's tid, or an awaitable of it when tids must be waited for."""
+        tid = self.allocate_tid()
+        if isinstance(tid, int):
+            return self._started(self.start_with_tid(tid, app, entry, param, None, parent)).tid
+
+        async def when_allocated(pending: Awaitable[int]) -> int:
+            return self._started(self.start_with_tid(await pending, app, entry, param, None, parent)).tid
+
+        return when_allocated(tid)
+
+    def _started(self, task: Task) -> Task:
         if self.on_started is not None:
             self.on_started(task)
         return task

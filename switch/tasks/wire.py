@@ -135,6 +135,14 @@ class MessageLink(asyncio.Protocol):
         if self.transport is not None and not self._lost:
             self.transport.write(encode(message))
 
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until everything sent has left for the socket."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self.transport is not None and not self._lost and self.transport.get_write_buffer_size()
+               and loop.time() < deadline):
+            await asyncio.sleep(0.01)
+
     @property
     def closed(self) -> bool:
         return self._lost

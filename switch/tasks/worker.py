@@ -53,6 +53,7 @@ class WorkerHost:
         self._tids: list[tuple[int, int]] = []  # blocks [low, high) not used up yet
         self._block_size = 0
         self._asked_tids = False
+        self._tid_waiters: list[asyncio.Future[int]] = []
         self.done = loop.create_future()
         runtime.allocate_tid = self.allocate_tid
         runtime.switchboard = RemoteSwitchboard(self)
@@ -74,19 +75,21 @@ class WorkerHost:
         """SendEvent to a task of another worker: the switch routes it (true if it exists)."""
         return self.call(0, "send_event", tid, event)
 
-    def allocate_tid(self) -> int:
-        """A tid for Spawn, from the blocks the switch sent; asks for the next block
-        while half of the current one is still left, so Spawn never waits for it."""
+    def allocate_tid(self) -> int | asyncio.Future[int]:
+        """A tid for Spawn, from the blocks the switch sent. The next block is asked for
+        while half of the current one is left, so Spawn only waits (a future) in a burst
+        of more spawns than that before the switch's answer is in."""
         while self._tids and self._tids[0][0] >= self._tids[0][1]:
             self._tids.pop(0)
-        if not self._tids:
-            raise CallError("no task ids left (the switch has not sent more yet); try again")
-        low, high = self._tids[0]
-        self._tids[0] = (low + 1, high)
-        left = sum(h - lo for lo, h in self._tids)
-        if not self._asked_tids and left * 2 < self._block_size:
+        if not self._asked_tids and sum(h - lo for lo, h in self._tids) * 2 <= self._block_size:
             self._asked_tids = True
             self.link.send(["more-tids"])
+        if not self._tids:
+            waiter = self.loop.create_future()
+            self._tid_waiters.append(waiter)
+            return waiter
+        low, high = self._tids[0]
+        self._tids[0] = (low + 1, high)
         return low
 
     # ------------------------------------------------------------------ messages from the switch
@@ -126,6 +129,13 @@ class WorkerHost:
             self._tids.append((low, high))
             self._block_size = high - low
             self._asked_tids = False
+            waiters, self._tid_waiters = self._tid_waiters, []
+            for waiter in waiters:  # a burst of Spawns outran the blocks: serve them in order
+                tid = self.allocate_tid()
+                if isinstance(tid, int):
+                    waiter.set_result(tid)
+                else:
+                    tid.add_done_callback(lambda f, w=waiter: w.set_result(f.result()))
         elif kind == "ping":
             self.link.send(["pong", message[1]])
         elif kind == "terminate":
@@ -142,6 +152,7 @@ class WorkerHost:
 
     async def shutdown(self) -> None:
         await self.runtime.shutdown()
+        await self.link.drain(timeout=2.0)  # every "ended" reaches the switch before we exit
         if not self.done.done():
             self.done.set_result(None)
 

@@ -15,6 +15,7 @@ from typing import Any
 from switch.tasks import events
 from switch.tasks.app import JsApp
 from switch.tasks.boundary import CallError
+from switch.tasks import pool as pool_module
 from switch.tasks.pool import TaskRecord, WorkerPool
 from test_tasks_support import FakeLeg, make_app
 
@@ -230,3 +231,32 @@ function Main() {
     run(test)
     assert [c[:2] for c in leg.calls] == [("reject", 486), ("reject", 499)]
     assert json.loads(leg.calls[1][2]) == "RejectCall: the call is already answered; use Disconnect()"
+
+
+def test_a_burst_of_spawns_larger_than_a_tid_block_waits_for_the_next_blocks(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(pool_module, "TID_BLOCK", 8)
+    app = make_app(tmp_path, {"main.js": """
+function Main() {
+  var kids = [];
+  for (var i = 0; i < 30; i++) kids.push(Spawn('Kid', i));
+  var from = [];
+  for (var j = 0; j < 30; j++) from.push(ReadInput(5).from);
+  RejectCall(499, JSON.stringify({kids: kids, from: from.sort(function (a, b) { return a - b; })}));
+}
+function Kid(n) { SendEvent(ParentTask(), 'hi', n); }
+"""})
+    legs = [WireLeg(), WireLeg()]
+
+    async def test(pool: WorkerPool) -> None:
+        for leg in legs:
+            start(pool, app, leg)
+        await until(lambda: all(leg.ended for leg in legs))
+
+    run(test)
+    all_tids = []
+    for leg in legs:
+        out = leg.reason()
+        assert sorted(out["kids"]) == out["from"] and len(set(out["kids"])) == 30
+        all_tids += out["kids"]
+    assert len(set(all_tids)) == 60
