@@ -523,7 +523,9 @@ def markdown() -> str:
         "",
         "Modules are CommonJS: `require('lib/call.js')` (relative to the app root, or `./x` "
         "relative to the requiring file; `.js` optional), `exports` / `module.exports`. "
-        "Stack traces name the app's files and lines.",
+        "An error that ends a task is logged with the app's file:line and stack, and so is an "
+        "`e.stack` passed to `console.log`/`Log`; the `e.stack` string itself holds the engine's "
+        "frames only (no message line, as in QuickJS) with global `<input>:line:col` positions.",
         "",
     ]
     bar = "\\|"  # a pipe inside a markdown table cell

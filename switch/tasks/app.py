@@ -164,11 +164,9 @@ class JsApp:
             return None
         return f.path, line - f.first_line + 1
 
-    def layout_json(self) -> list[list[object]]:
-        return [[f.path, f.first_line, f.lines] for f in self._order]
-
     def map_text(self, text: str) -> str:
-        """Rewrite raw ``<input>:N:C`` locations (frames our stack hook did not format)."""
+        """Rewrite the engine's ``<input>:N:C`` locations to ``file:line:col``
+        (``<runtime>`` for the runtime's own lines)."""
 
         def sub(m: re.Match[str]) -> str:
             where = self.locate(int(m.group(1)))
@@ -178,6 +176,14 @@ class JsApp:
             return f"{where[0]}:{where[1]}{col}"
 
         return _FRAME_INPUT.sub(sub, text)
+
+    def map_stack(self, text: str) -> str:
+        """``map_text``, and the stack frames of the runtime's own code left out (its
+        prelude runs from bytecode without positions: ``<null>``)."""
+        if "<input>" not in text:
+            return text
+        return "\n".join(ln for ln in self.map_text(text).split("\n")
+                         if not (ln.lstrip().startswith("at ") and ("<runtime>" in ln or "<null>" in ln)))
 
     def __repr__(self) -> str:
         return f"JsApp({self.name!r}, version={self.version!r}, files={len(self.files)})"

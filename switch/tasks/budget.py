@@ -7,52 +7,42 @@ QuickJS polls an *interrupt handler* every 10,000 bytecode operations (quickjs.c
 
 The quickjs-ng binding only installs that handler for its own ``set_time_limit``, which
 measures process CPU time from the start of an eval and refuses every call into Python
-while set: useless for a task that calls verbs (DESIGN.md §4). But the wheel's extension
-module exports the engine's C API (``JS_SetInterruptHandler`` among it), and every
-``quickjs.Context`` owns its own ``JSRuntime``, whose pointer is the first field after
-the object header (``module.c``: ``RuntimeData { PyObject_HEAD; JSRuntime *runtime;
-JSContext *context; ...}``). So we install our handler on each task's runtime with
-ctypes. ``CpuBudget.check_binding()`` verifies that layout (the struct size, and that
-``JS_GetRuntime(context) == runtime``) once at start-up, so a binding whose layout
-changed fails loudly instead of corrupting memory; pyproject pins the version range.
+while set: useless for a task that calls verbs (DESIGN.md §4). So we install our own on
+each task's runtime through the engine's C API (``engine.py``).
 
-Why not our own C binding: this needs no compiler at install time and keeps the
-maintained wheel; the handler is one Python callback per 10,000 operations (~1 us each,
-measured: under 2% of a tight JS loop). Why CPU time of the thread, not wall time: a task
-waiting for the GIL or descheduled on a busy host has not used its budget.
+Why CPU time of the thread, not wall time: a task waiting for the GIL or descheduled on
+a busy host has not used its budget. Cost: one Python callback per 10,000 operations
+(~1 us; under 2% of a tight JS loop).
+
+The engine polls per operation count, not per time, and one operation can be a native
+call that runs long (``new Array(1e5).join('x')``: 10,000 such operations ran 8.5 s
+between two polls in a catch-all allocation loop). So a watcher thread checks the JS
+thread's CPU clock every ``WATCH_INTERVAL``; a segment ``GRACE`` past its budget has its
+context's interrupt counter set to 1 (``engine.request_poll``: the next operation
+polls) and its runtime's memory limit cut to nothing (its allocations fail at once, so
+natives that allocate return at once).
+
+A heap at its limit cannot allocate the interrupt's error, and an error that cannot be
+allocated is thrown as a plain, catchable value: a script catching its own out-of-memory
+errors in a loop would then never stop. So when the budget trips, the runtime's memory
+limit is raised by ``HEADROOM`` for the error to be built; the task ends right after and
+its whole heap is freed.
 """
 
 from __future__ import annotations
 
-import ctypes
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import _quickjs  # the binding's extension module, which carries the engine
 import quickjs
 
-_HANDLER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-_RUNTIME_DATA_SIZE = 80  # sizeof(RuntimeData) in quickjs-ng 0.17's module.c (x86-64/arm64)
+from .engine import ENGINE, INTERRUPT_HANDLER, counter_offset, pointers, request_poll
 
-
-class BindingMismatch(RuntimeError):
-    """The installed quickjs binding is not laid out as this module expects."""
-
-
-def _engine() -> ctypes.CDLL:
-    lib = ctypes.CDLL(_quickjs.__file__)
-    lib.JS_SetInterruptHandler.argtypes = [ctypes.c_void_p, _HANDLER, ctypes.c_void_p]
-    lib.JS_SetInterruptHandler.restype = None
-    lib.JS_GetRuntime.argtypes = [ctypes.c_void_p]
-    lib.JS_GetRuntime.restype = ctypes.c_void_p
-    return lib
-
-
-def _pointers(ctx: quickjs.Context) -> tuple[int, int]:
-    """(JSRuntime*, JSContext*) of a binding Context."""
-    fields = ctypes.cast(id(ctx) + object.__basicsize__, ctypes.POINTER(ctypes.c_void_p))
-    return fields[0] or 0, fields[1] or 0
+HEADROOM = 1024 * 1024
+WATCH_INTERVAL = 0.1
+GRACE = 0.25  # seconds of CPU past the budget before the heap is squeezed
 
 
 class CpuBudget:
@@ -63,46 +53,82 @@ class CpuBudget:
     have passed since, and calls ``on_exceeded`` once for that segment so the runtime can
     mark the task (its later verb calls, if any, are refused)."""
 
-    def __init__(self, seconds: float, on_exceeded: Callable[[], None]) -> None:
+    def __init__(self, seconds: float, on_exceeded: Callable[[], None], memory_limit: int = 0) -> None:
         self.seconds = seconds
+        self.memory_limit = memory_limit
         self._on_exceeded = on_exceeded
-        self._deadline = float("inf")
-        self._lib = _engine()
-        self._handler = _HANDLER(self._poll)  # kept alive as long as the budget
+        self._deadline = float("inf")  # thread CPU time at which the segment is over
+        self._runtime = 0  # JSRuntime* of the segment's task; 0: no JS is running
+        self._context = 0  # and its JSContext*
+        self._counter = counter_offset()  # None: the watcher can only squeeze the heap
+        self._tripped = False  # the segment is over: every poll interrupts
+        self._handler = INTERRUPT_HANDLER(self._poll)  # kept alive as long as the budget
+        self._clock: int | None = None  # CPU clock of the JS thread, for the watcher
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        # The watcher's check-and-squeeze must not interleave with the JS thread moving to
+        # another segment (the GIL alone can switch between two bytecodes of either).
+        self._lock = threading.Lock()
 
-    @staticmethod
-    def check_binding() -> None:
-        if type(quickjs.Context()).__basicsize__ != _RUNTIME_DATA_SIZE:
-            raise BindingMismatch(
-                f"quickjs binding {getattr(quickjs, '__version__', '?')}: Context is "
-                f"{type(quickjs.Context()).__basicsize__} bytes, expected {_RUNTIME_DATA_SIZE}; "
-                "install the quickjs-ng version pinned in pyproject.toml")
-        ctx = quickjs.Context()
-        runtime, context = _pointers(ctx)
-        if not runtime or not context or _engine().JS_GetRuntime(context) != runtime:
-            raise BindingMismatch("quickjs binding: Context fields are not (runtime, context); "
-                                  "install the quickjs-ng version pinned in pyproject.toml")
+    def start(self) -> None:
+        """Start the watcher for the calling thread (the one that runs JS)."""
+        self._clock = time.pthread_getcpuclockid(threading.get_ident())
+        self._watcher = threading.Thread(target=self._watch, name="cpu-budget", daemon=True)
+        self._watcher.start()
 
-    def attach(self, ctx: quickjs.Context) -> None:
-        """Install the handler on ``ctx``'s runtime (one runtime per binding Context)."""
-        runtime, _ = _pointers(ctx)
-        self._lib.JS_SetInterruptHandler(runtime, self._handler, None)
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=1)
 
-    def start_segment(self) -> None:
-        self._deadline = time.thread_time() + self.seconds
+    def attach(self, ctx: quickjs.Context) -> tuple[int, int]:
+        """Install the handler on ``ctx``'s runtime (one runtime per binding Context);
+        returns its (JSRuntime*, JSContext*), for ``start_segment``."""
+        engine_ptrs = pointers(ctx)
+        ENGINE.JS_SetInterruptHandler(engine_ptrs[0], self._handler, None)
+        return engine_ptrs
 
-    def stop_segment(self) -> None:
-        self._deadline = float("inf")
+    def start_segment(self, engine_ptrs: tuple[int, int]) -> None:
+        """Control enters JS for the task whose context ``attach`` returned this for."""
+        with self._lock:
+            self._tripped = False
+            self._runtime, self._context = engine_ptrs
+            self._deadline = time.thread_time() + self.seconds
+
+    def pause(self) -> None:
+        """Control left JS (a verb was called, or the task ended)."""
+        with self._lock:
+            if not self._tripped:
+                self._deadline = float("inf")
+                self._runtime = self._context = 0
+
+    def _trip(self) -> None:
+        self._tripped = True
+        try:
+            self._on_exceeded()
+        except Exception:  # never let an exception cross the C callback or kill the watcher
+            pass
 
     def _poll(self, runtime: Any, opaque: Any) -> int:
-        if time.thread_time() < self._deadline:
-            return 0
-        if self._deadline != float("-inf"):
-            # Tripped: stays so (every later poll interrupts again) until the runtime
-            # starts the next task's segment; the task itself never gets a new one.
-            self._deadline = float("-inf")
-            try:
-                self._on_exceeded()
-            except Exception:  # an exception must never cross the C callback
-                pass
+        """The engine's interrupt handler (the JS thread, every 10,000 operations)."""
+        if not self._tripped:
+            if time.thread_time() < self._deadline:
+                return 0
+            with self._lock:
+                if not self._tripped:
+                    self._trip()
+        if self.memory_limit:  # every time: the watcher may have squeezed the heap since
+            ENGINE.JS_SetMemoryLimit(runtime, self.memory_limit + HEADROOM)
         return 1
+
+    def _watch(self) -> None:
+        assert self._clock is not None
+        while not self._stop.wait(WATCH_INTERVAL):
+            with self._lock:
+                runtime, context = self._runtime, self._context
+                if runtime and not self._tripped and time.clock_gettime(self._clock) > self._deadline + GRACE:
+                    if self.memory_limit:  # the handler gives it back, with headroom
+                        ENGINE.JS_SetMemoryLimit(runtime, 1)  # allocations fail at once
+                    if self._counter is not None:
+                        request_poll(context, self._counter)  # the next operation polls
+                    self._trip()

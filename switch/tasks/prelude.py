@@ -2,9 +2,9 @@
 
 It captures the task's one hidden Python callable (``__sw_py(verb, ...args)``) into a
 closure and deletes the global, defines the verb wrappers generated from ``api.VERBS``, ``console``,
-CommonJS ``require`` with a per-task module cache, the stack hook that maps the app's
-global line numbers back to ``file:line:col`` (see ``app.py``), and ``__sw_enter`` that
-runs the task's entry function.
+CommonJS ``require`` with a per-task module cache, and ``__sw_enter`` that runs the
+task's entry function. Stack traces keep the engine's global ``<input>:line:col``; the
+runtime maps them to ``file:line:col`` (``JsApp.map_stack``) when it logs them.
 
 Calling convention (measured: a JSON round trip per call cost ~3 us, this ~0.5 us): the
 wrapper passes primitives as they are and JSON-typed parameters as JSON strings; the
@@ -16,7 +16,6 @@ cross, so no ``quickjs.Object`` outlives its context.
 
 from __future__ import annotations
 
-import json
 
 from . import api
 
@@ -25,14 +24,6 @@ _CORE = r"""(function (g) {
 'use strict';
 var gate = g.__sw_py;  // gate(verb, ...args): the task's one Python callable
 delete g.__sw_py;
-var files = [];
-function locate(line) {
-  for (var i = files.length - 1; i >= 0; i--) {
-    var f = files[i];
-    if (line >= f[1]) return line < f[1] + f[2] ? [f[0], line - f[1] + 1] : null;
-  }
-  return null;
-}
 function terminated() {
   var e = new Error('task terminated');
   e.name = 'TaskTerminated';
@@ -64,12 +55,10 @@ function show(v) {
   try { var s = JSON.stringify(v); return s === undefined ? String(v) : s; } catch (e) { return String(v); }
 }
 Error.stackTraceLimit = 20;
-// The hook is compiled on first use: most tasks never format a stack.
-var hook = null;
-Error.prepareStackTrace = function (err, frames) {
-  if (hook === null) hook = (0, eval)(__HOOK__)(locate);
-  return hook(err, frames);
-};
+// No Error.prepareStackTrace hook: a JS hook runs inside the engine's error construction,
+// and an interrupt (the CPU budget) that lands in it is lost, which let a script that
+// catches its own out-of-memory errors outlive its budget. Stacks keep the engine's
+// "<input>:line:col" and the runtime maps them (JsApp.map_stack) when it logs them.
 var cache = {};
 function dirname(p) { var i = p.lastIndexOf('/'); return i < 0 ? '' : p.slice(0, i); }
 function makeRequire(from) {
@@ -115,7 +104,6 @@ function logger(level) {
 }
 g.console = { log: logger('info'), info: logger('info'), warn: logger('warn'),
               error: logger('error'), debug: logger('debug') };
-g.__sw_layout = function (layout) { files = layout; delete g.__sw_layout; };
 g.__sw_enter = function (name, paramJson) {
   mainModule.loaded = true;
   var fn = entry(name);
@@ -125,27 +113,6 @@ g.__sw_enter = function (name, paramJson) {
 })(globalThis);
 """
 
-_HOOK = r"""(function (locate) { return function (err, frames) {
-  var out = [];
-  try {
-    for (var i = 0; i < frames.length; i++) {
-      var f = frames[i], fn = f.getFunctionName();
-      if (f.isNative()) {
-        if (fn && fn !== 'eval') out.push('    at ' + fn + ' (native)');
-        continue;
-      }
-      var w = locate(f.getLineNumber());
-      if (w === null) continue;
-      var loc = w[0] + ':' + w[1] + ':' + f.getColumnNumber();
-      out.push('    at ' + (fn && fn !== '<eval>' ? fn + ' (' + loc + ')' : loc));
-    }
-  } catch (e) {}
-  var head;
-  try { head = String(err); } catch (e) { head = 'Error'; }
-  return out.length ? head + '\n' + out.join('\n') : head;
-}; })"""
-
-
 def _minify(js: str) -> str:
     """Drop indentation and comment lines (compile time is per character; keep the lines)."""
     return "\n".join("" if ln.strip().startswith("//") else ln.strip() for ln in js.split("\n"))
@@ -153,7 +120,6 @@ def _minify(js: str) -> str:
 
 
 PRELUDE = _minify(
-    _CORE.replace("__HOOK__", json.dumps(_minify(_HOOK)))
-    .replace("__BINDINGS__", api.js_bindings())
+    _CORE.replace("__BINDINGS__", api.js_bindings())
 )
 PRELUDE_LINES = PRELUDE.count("\n") + 1

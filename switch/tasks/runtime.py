@@ -1,11 +1,11 @@
-"""The task runtime: JS tasks as greenlets on the one asyncio loop.
+"""The task runtime: JS tasks as greenlets on one asyncio loop (a JS worker's, worker.py).
 
 Each task is a greenlet (parent: the "hub", the greenlet running the event loop) that
 runs one entry function of a ``JsApp`` in its OWN ``quickjs.Context``. When JS calls a
 blocking verb (``ReadInput``, or a call verb whose ``CallControl`` method returns an
 awaitable) the Python callable switches to the hub; a timer, a posted event or the
 awaitable's done-callback later resumes the task, always from a loop callback in the hub
-(never task -> task). No JS runs on another thread.
+(never task -> task). All JS of a runtime runs on its loop's thread.
 
 Ending a task: when its entry returns or throws, its context is dropped, it leaves the
 registry and ``leg.task_ended(error)`` is called (once). ``terminate()``/``shutdown()``
@@ -13,9 +13,8 @@ resume a suspended task with ``TaskTerminated``: every verb then returns a "term
 marker that the JS wrapper throws as an Error named ``TaskTerminated``, so the JS stack
 unwinds and the greenlet finishes normally (a greenlet left suspended inside QuickJS
 frames crashes the interpreter at exit; an ``atexit`` hook terminates leftovers). A
-script that catches the termination and loops forever without calling a verb cannot be
-stopped in-process (``set_time_limit`` forbids calls into Python): that needs worker
-processes with a watchdog.
+script that computes without calling a verb is stopped by the CPU budget (``budget.py``,
+``cpu_seconds``): an uncatchable interrupt, reported as "task exceeded its CPU budget".
 
 Measured on the shared 2-core dev box (Python 3.11, quickjs-ng 0.17, greenlet 3.5; the
 perf figures are printed by ``pytest tests/unit -k "tasks_perf or 1000" -s``):
@@ -60,6 +59,7 @@ from . import api
 from .app import MAIN, JsApp, ModuleNotFound
 from .boundary import CallControl, CallError, Switchboard
 from .budget import CpuBudget
+from .engine import Bytecode
 from .events import Event
 from .prelude import PRELUDE
 
@@ -117,6 +117,7 @@ class Task:
         self.state = TaskState.PENDING
         self.error: str | None = None  # "file:line: message" if the task threw
         self.cpu_exceeded = False  # interrupted by the CPU budget: no verb is served any more
+        self._engine_ptrs = (0, 0)  # its context's (JSRuntime*, JSContext*), for the CPU budget
         self.log = TaskLogger(log, {"prefix": f"task[{tid} {app.name}]"})
         self._greenlet: greenlet.greenlet | None = None
         self._ctx: quickjs.Context | None = None
@@ -150,7 +151,8 @@ class Task:
         return self.leg
 
     def script_log(self, level: str, text: str) -> None:
-        self.log.log(_LEVELS.get(level, logging.INFO), "%s", text)
+        # e.stack in a script says <input>:N:C (the engine's lines): name the app's files
+        self.log.log(_LEVELS.get(level, logging.INFO), "%s", self.app.map_stack(text))
 
     def read_input(self, timeout: float | None) -> Event | None:
         if self.queue:
@@ -228,7 +230,9 @@ class TaskRuntime:
         # SendEvent to a tid this runtime does not have (a JS worker asks the switch):
         # returns whether it was delivered, or an awaitable of that.
         self.forward: Callable[[int, Event], Any] | None = None
-        self.budget = CpuBudget(cpu_seconds, self._cpu_exceeded) if cpu_seconds else None
+        self.budget = CpuBudget(cpu_seconds, self._cpu_exceeded, memory_limit) if cpu_seconds else None
+        if self.budget is not None:
+            self.budget.start()  # its watcher: this thread runs the JS
         self._next_tid = 1
         self._hub: greenlet.greenlet | None = None
         self._impls: dict[str, Callable[..., Any]] = {v.name: v.impl for v in api.python_verbs()}  # type: ignore[misc]
@@ -344,6 +348,8 @@ class TaskRuntime:
             await asyncio.sleep(0.01)
         if self._tasks:
             log.error("shutdown: %d task(s) did not end: %s", len(self._tasks), list(self._tasks.values()))
+        if self.budget is not None:
+            self.budget.stop()
 
     # -- greenlet plumbing (all of it runs in the hub, from loop callbacks)
 
@@ -412,10 +418,9 @@ class TaskRuntime:
             ctx.add_callable("__sw_py", _TaskGate(task, self._specs, self.budget))
             task._ctx = ctx
             if self.budget is not None:
-                self.budget.attach(ctx)
-                self.budget.start_segment()
-            ctx.eval(PRELUDE)
-            ctx.eval(f"__sw_layout({json.dumps(task.app.layout_json())})")
+                task._engine_ptrs = self.budget.attach(ctx)
+                self.budget.start_segment(task._engine_ptrs)
+            _prelude().run(ctx)  # compiled once per process (engine.Bytecode)
             ctx.eval(task.app.files[MAIN].code)
             if task.param is None:
                 ctx.eval(f"__sw_enter({json.dumps(task.entry)})")
@@ -434,6 +439,8 @@ class TaskRuntime:
             if not task._terminating:
                 error = (f"{MAIN}: internal error: {type(e).__name__}: {e}", "")
                 task.log.exception("runtime error")
+        if self.budget is not None:
+            self.budget.pause()
         self._finish(task, error, "terminated" if task._terminating else None)
         if task._exit_exc is not None and not isinstance(task._exit_exc, greenlet.GreenletExit):
             raise task._exit_exc  # KeyboardInterrupt/SystemExit raised inside a verb: re-raise now
@@ -468,7 +475,7 @@ class TaskRuntime:
 
     def _describe(self, task: Task, text: str) -> tuple[str, str]:
         """JSException text -> ('file:line: message', mapped stack)."""
-        text = task.app.map_text(text)  # frames our JS stack hook did not format
+        text = task.app.map_text(text)
         lines = text.rstrip("\n").split("\n")
         i = next((k for k, ln in enumerate(lines) if ln.startswith(" ") and ln.lstrip().startswith("at ")), len(lines))
         head = lines[:i]
@@ -489,6 +496,15 @@ class TaskRuntime:
                 where = f"{m.group(1)}:{m.group(2)}"
                 break
         return f"{where}: {message}", "\n".join(frames)
+
+_PRELUDE_CODE: list[Bytecode] = []
+
+
+def _prelude() -> Bytecode:
+    if not _PRELUDE_CODE:
+        _PRELUDE_CODE.append(Bytecode(PRELUDE))
+    return _PRELUDE_CODE[0]
+
 
 class _VerbSpec:
     """What every task's binding of one verb shares."""
@@ -521,12 +537,14 @@ class _TaskGate:
         task = self.task
         if task._terminating or task.cpu_exceeded:
             return "x"
+        if self.budget is not None:
+            self.budget.pause()  # Python time (and waiting) is not the script's
         try:
             return self._call(task, name, args)
         finally:
             # Back into JS: a new segment of the task's CPU budget (a verb is a yield point).
             if self.budget is not None and not task.cpu_exceeded:
-                self.budget.start_segment()
+                self.budget.start_segment(task._engine_ptrs)
 
     def _call(self, task: Task, name: str, args: tuple[Any, ...]) -> Any:
         # Never raise: a Python exception reaches JS as an anonymous InternalError and,

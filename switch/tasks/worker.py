@@ -32,6 +32,7 @@ from typing import Any
 from .. import logs
 from .app import JsApp
 from .boundary import BridgingTask, CallControl, CallError
+from .engine import check_binding
 from .events import Event
 from .runtime import MiB, TaskRuntime
 from .wire import Message, MessageLink
@@ -249,10 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.setup(args.log_level, args.log_format)
-    if args.cpu_seconds:
-        from .budget import CpuBudget
-
-        CpuBudget.check_binding()
+    check_binding()  # the CPU budget and the bytecode prelude rely on its layout
     try:
         import uvloop
 

@@ -760,6 +760,9 @@ class RtpPacket:
     ssrc: int
     marker: bool
     payload: bytes
+    # the kernel's receive timestamp (SO_TIMESTAMPNS, time.time() clock): when the packet
+    # reached the socket, however late the sink's thread got to read it
+    kernel_time: float | None = None
 
 
 def parse_rtp(data: bytes) -> tuple[int, int, int, int, bool, bytes]:
@@ -786,6 +789,16 @@ def build_rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: boo
 
 
 DTMF_EVENTS = "0123456789*#ABCD"
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: struct timespec per datagram
+
+
+def kernel_rx_time(ancdata: Sequence[tuple[int, int, bytes]]) -> float | None:
+    """The SO_TIMESTAMPNS receive time from recvmsg()'s ancillary data, if present."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec / 1e9
+    return None
 
 
 class RtpSink:
@@ -795,6 +808,8 @@ class RtpSink:
     def __init__(self, host: str = LOCALHOST, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()
         self.packets: list[RtpPacket] = []
@@ -828,10 +843,11 @@ class RtpSink:
             if not r:
                 continue
             try:
-                data, src = self.sock.recvfrom(65535)
+                data, anc, _, src = self.sock.recvmsg(65535, 64)
             except OSError:
                 return
             now, mono = time.time(), time.monotonic()
+            ktime = kernel_rx_time(anc)
             try:
                 pt, seq, ts, ssrc, marker, payload = parse_rtp(data)
             except ValueError:
@@ -841,7 +857,7 @@ class RtpSink:
                 self.junk.append(data)
                 continue
             with self._lock:
-                self.packets.append(RtpPacket(now, mono, src, pt, seq, ts, ssrc, marker, payload))
+                self.packets.append(RtpPacket(now, mono, src, pt, seq, ts, ssrc, marker, payload, ktime))
 
     # ---- sending
     def send(self, dest: tuple[str, int], payload: bytes, pt: int = 0, marker: bool = False,

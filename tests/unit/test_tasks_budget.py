@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from switch.tasks.budget import CpuBudget
+from switch.tasks.engine import check_binding
 from switch.tasks.runtime import TaskRuntime
 from test_tasks_runtime import OUT, errors, outputs
 from test_tasks_support import FakeLeg, make_app, run, until_idle
@@ -23,7 +23,7 @@ def _info_logs(caplog: Any) -> None:
 
 
 def test_the_installed_binding_has_the_layout_the_budget_relies_on() -> None:
-    CpuBudget.check_binding()  # raises BindingMismatch otherwise
+    check_binding()  # raises BindingMismatch otherwise
 
 
 @pytest.mark.parametrize("body", [
@@ -98,3 +98,25 @@ def test_waiting_does_not_use_the_budget(tmp_path: Path, caplog: Any) -> None:
 
     run(test, cpu_seconds=0.1)
     assert outputs(caplog) == ["woke"]
+
+
+def test_a_memory_bomb_that_catches_its_out_of_memory_errors_is_still_stopped(tmp_path: Path, caplog: Any) -> None:
+    # At its heap limit the engine cannot build the interrupt's error; the budget gives
+    # the heap headroom for it, so the catch-all loop still ends.
+    app = make_app(tmp_path, {"main.js": OUT + """
+function Main() {
+  var keep = [];
+  while (true) { try { keep.push(new Array(100000).join('x')); } catch (e) { keep = keep.slice(0, 1); keep.push(e); } }
+}
+"""})
+
+    async def test(rt: TaskRuntime) -> float:
+        t0 = time.monotonic()
+        rt.start(app, "Main")
+        await until_idle(rt, timeout=10)
+        return time.monotonic() - t0
+
+    took = run(test, cpu_seconds=0.5, memory_limit=8 * 1024 * 1024)
+    assert took < 5, took
+    [err] = errors(caplog)
+    assert "task exceeded its CPU budget" in err, err

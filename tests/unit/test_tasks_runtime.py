@@ -375,8 +375,8 @@ def test_syntax_error_in_an_unchecked_lib_is_reported_at_require(tmp_path: Path,
 def test_stack_overflow_ends_the_task(tmp_path: Path, caplog: Any) -> None:
     app = make_app(tmp_path, {"main.js": "function r(n) { return r(n + 1) + 1; }\nfunction Main() { r(0); }\n"})
     task = run(lambda rt: _start_and_wait(rt, app))
-    # the stack hook itself cannot run at the stack limit, so there is no line
-    assert task.error == "main.js: RangeError: Maximum call stack size exceeded"
+    # the engine's own stack names the line (no JS stack hook has to run at the limit)
+    assert task.error == "main.js:1: RangeError: Maximum call stack size exceeded"
 
 
 def test_memory_limit_ends_the_task_with_out_of_memory_and_the_loop_is_fine(tmp_path: Path, caplog: Any) -> None:
@@ -536,3 +536,18 @@ function pong() {
     elapsed = run(test)
     assert errors(caplog) == []
     print(f"\n1000 tasks x 100 rounds: {elapsed:.2f} s ({elapsed / 100_000 * 1e6:.1f} us per event)")
+
+
+def test_a_stack_the_script_logs_names_the_apps_files(tmp_path: Path, caplog: Any) -> None:
+    app = make_app(tmp_path, {
+        "main.js": "var lib = require('lib/x.js');\nfunction Main() {\n  try { lib.fail(); } catch (e) { console.log(e.stack); }\n}\n",
+        "lib/x.js": "exports.fail = function () {\n  throw new Error('boom');\n};\n",
+    })
+    run(lambda rt: _start_and_wait(rt, app))
+    logs = task_logs(caplog)
+    # QuickJS's e.stack is the frames alone (no "Error: boom" line, unlike V8's)
+    matches = [m for m in logs if "(lib/x.js:2:" in m]
+    assert len(matches) == 1, logs
+    logged = matches[0]
+    assert "at Main (main.js:3:" in logged, logged
+    assert "<input>" not in logged and "<runtime>" not in logged and "<null>" not in logged, logged
