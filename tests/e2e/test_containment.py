@@ -378,6 +378,15 @@ def continuity_failures(streams: dict[tuple[str, int], list[RtpPacket]], since: 
     return [text for _, text in sorted(bad, reverse=True)]
 
 
+def worst_gap_ms(streams: dict[tuple[str, int], list[RtpPacket]], since: float, until: float) -> float:
+    """The largest gap between two packets of one stream inside [since, until] (ms)."""
+    worst = 0.0
+    for pkts in streams.values():
+        times = sorted(p.kernel_time for p in pkts if since <= p.kernel_time <= until)  # type: ignore[operator]
+        worst = max([worst, *((b - a) * 1000 for a, b in zip(times, times[1:]))])
+    return worst
+
+
 def sipp_play_calls(sipp_bg: Callable[..., SippRun], sw: SwitchProcess, sink: RtpSink, calls: int,
                     hold_ms: int, rate: int) -> SippRun:  # fmt: skip
     """`calls` SIPp callers of the `play` behaviour, RTP to `sink`; each hangs up after
@@ -454,6 +463,9 @@ def test_a_task_computing_2s_delays_no_other_call(switch, sipp_bg, sinks):
     assert not bad, (f"{len(bad)} of 200 streams late or lossy while one task computed "
                      f"({until - since:.2f}s window, OPTIONS worst {worst:.1f} ms; {host}):\n" + "\n".join(bad[:15]))  # fmt: skip
 
+    # the figures for bench/README.md (pytest -s shows them)
+    print(f"\ncompute 2 s next to 200 calls: worst RTP gap {worst_gap_ms(streams, since, until):.1f} ms, "
+          f"OPTIONS worst {worst:.1f} ms over {len(pings)} probes")
     for run in runs:
         res = run.wait()
         assert res.ok and res.successful == 100, res.describe(3000)
