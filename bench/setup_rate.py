@@ -22,12 +22,12 @@ def main() -> None:
     ap.add_argument("--js-workers", type=int, default=0, help="--js-workers of the switch (0: its default)")
     args = ap.parse_args()
     extra = ["--js-workers", str(args.js_workers)] if args.js_workers else []
-    print("| rate (calls/s) | calls | failed (median) | CPU % switch + workers (median) | "
+    print("| rate (calls/s) | achieved (median) | calls | failed (median) | CPU % switch + workers (median) | "
           "CPU ms/call: switch + workers = total | peak RSS MiB, all processes (median) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for rate in (float(r) for r in args.rates.split(",")):
         calls = int(rate * args.duration)
-        failed, cpu_main, cpu_js, rss, per_call = [], [], [], [], []
+        failed, cpu_main, cpu_js, rss, per_call, achieved = [], [], [], [], [], []
         for _ in range(args.runs):
             switch = start_switch("answer_play", extra)
             pid = switch.proc.pid
@@ -41,8 +41,10 @@ def main() -> None:
             per_call.append(tuple(1000 * (cpu1[k] - cpu0[k]) / done for k in ("switch", "workers")))
             rss.append(rss_kib(pid, "VmHWM") / 1024)
             failed.append(res.failed + (calls - res.successful - res.failed))
+            # SIPp may fall behind the asked rate when the machine is saturated
+            achieved.append(res.successful / max(0.1, res.seconds - args.hold_ms / 1000))
             switch.stop()
-        print(f"| {rate:.0f} | {calls} | {median(failed):.0f} | {median(cpu_main):.0f} + {median(cpu_js):.0f} | "
+        print(f"| {rate:.0f} | {median(achieved):.0f} | {calls} | {median(failed):.0f} | {median(cpu_main):.0f} + {median(cpu_js):.0f} | "
               f"{median([p[0] for p in per_call]):.2f} + {median([p[1] for p in per_call]):.2f} = "
               f"{median([p[0] + p[1] for p in per_call]):.2f} | {median(rss):.0f} |", flush=True)
 

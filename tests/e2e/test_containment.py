@@ -128,6 +128,16 @@ def status(sw: SwitchProcess) -> dict[str, Any]:
     return st
 
 
+def workers_rss_mib(sw: SwitchProcess) -> float:
+    """The JS worker processes' RSS in all (MiB)."""
+    total = 0
+    for w in js_workers(sw):
+        for line in Path(f"/proc/{w['pid']}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
 def js_workers(sw: SwitchProcess) -> list[dict[str, Any]]:
     st = status(sw)
     assert "js_workers" in st, f"GET /status has no js_workers: {st}"
@@ -623,13 +633,15 @@ def test_memory_bombs_end_their_own_calls(switch, sipp_bg, sinks):
     """With --task-memory-mb 32, a script allocating without bound ends with an ERROR
     line about memory at its loop; one that catches the out-of-memory error and keeps
     allocating is stopped too, by the CPU budget (3 s here) at the latest. Both calls get
-    a BYE; 10 calls beside them keep their RTP and end normally; a new call is served."""
+    a BYE; 10 calls beside them keep their RTP and end normally; a new call is served;
+    the JS workers' memory comes back near where it was (the bombs' heaps are freed)."""
     budget = 3
     sw = start_switch(switch, APP, "--task-memory-mb", "32", "--task-cpu-seconds", str(budget))
     app = sw.app_dir
     bg_sink, call_sink = sinks(2)
     run = sipp_play_calls(sipp_bg, sw, bg_sink, 10, hold_ms=10000, rate=40)
     background = wait_sources([bg_sink], 10, timeout=10)
+    rss_before = workers_rss_mib(sw)
 
     bombs = [Caller(sw, "bomb", call_sink), Caller(sw, "bomb_caught", call_sink)]
     for b in bombs:
@@ -650,6 +662,10 @@ def test_memory_bombs_end_their_own_calls(switch, sipp_bg, sinks):
     bad = continuity_failures(by_stream([bg_sink]), since, until)  # type: ignore[arg-type]
     assert not bad, f"{len(bad)} of 10 streams late or lossy next to the memory bombs:\n" + "\n".join(bad)
 
+    rss_after = workers_rss_mib(sw)
+    print(f"\nJS workers' RSS before the bombs {rss_before:.0f} MiB, after {rss_after:.0f} MiB")
+    # each bomb filled a 32 MiB heap; what stays is allocator slack, not the heaps
+    assert rss_after < rss_before + 16, f"workers' RSS {rss_before:.0f} -> {rss_after:.0f} MiB after the bombs"
     fresh = Caller(sw, "play", call_sink)
     place([fresh])
     assert fresh.status == 200, fresh
