@@ -111,7 +111,7 @@ def _read_input(task: Task, timeout: float | None = None) -> events.Event | None
     return task.read_input(timeout)
 
 
-def _pending_request_data(task: Task, name: str) -> str | None:
+def _pending_request_data(task: Task, name: str) -> Any:
     return task.call_leg().request_data(name)
 
 

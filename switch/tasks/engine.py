@@ -139,7 +139,7 @@ def counter_offset() -> int | None:
             if polls[0] > before:
                 found = k * 4
             break
-    ENGINE.JS_SetInterruptHandler(runtime, ctypes.cast(None, INTERRUPT_HANDLER), None)
+    ENGINE.JS_SetInterruptHandler(runtime, INTERRUPT_HANDLER(), None)  # a NULL handler
     _COUNTER.append(found)
     return found
 

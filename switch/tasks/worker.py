@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+from functools import partial
 from collections.abc import Mapping
 from typing import Any
 
@@ -136,7 +137,7 @@ class WorkerHost:
                 if isinstance(tid, int):
                     waiter.set_result(tid)
                 else:
-                    tid.add_done_callback(lambda f, w=waiter: w.set_result(f.result()))
+                    tid.add_done_callback(partial(_pass_on, waiter))
         elif kind == "ping":
             self.link.send(["pong", message[1]])
         elif kind == "terminate":
@@ -156,6 +157,10 @@ class WorkerHost:
         await self.link.drain(timeout=2.0)  # every "ended" reaches the switch before we exit
         if not self.done.done():
             self.done.set_result(None)
+
+
+def _pass_on(waiter: asyncio.Future[int], done: asyncio.Future[int]) -> None:
+    waiter.set_result(done.result())
 
 
 class RemoteLeg:
@@ -212,10 +217,10 @@ class RemoteSwitchboard:
     def start_bridge(self, task: BridgingTask, leg: CallControl, target: int) -> Any:
         return self.host.call(task.tid, "start_bridge", target)
 
-    def start_bridged_call(self, task: BridgingTask, dest: str, handle: dict) -> Any:
+    def start_bridged_call(self, task: BridgingTask, dest: str, handle: dict[str, Any]) -> Any:
         return self.host.call(task.tid, "start_bridged_call", dest, handle)
 
-    def reject_bridge(self, task: BridgingTask, handle: dict) -> Any:
+    def reject_bridge(self, task: BridgingTask, handle: dict[str, Any]) -> Any:
         return self.host.call(task.tid, "reject_bridge", handle)
 
     def break_bridge(self, task: BridgingTask) -> Any:

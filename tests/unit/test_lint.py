@@ -14,3 +14,15 @@ def test_ruff_is_clean():
     result = subprocess.run([ruff, "check", "switch", "media", "bench", "tests"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Strict mypy, package by package as each is made clean (issue 8 asks for all of switch/
+# and media/; the task runtime, which crosses into C through ctypes, goes first).
+STRICT = ["switch/tasks"]
+
+
+def test_mypy_strict_is_clean():
+    mypy = shutil.which("mypy") or str(Path(sys.executable).parent / "mypy")
+    result = subprocess.run([mypy, "--strict", "--ignore-missing-imports", *STRICT], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
