@@ -221,9 +221,10 @@ class SwitchProcess:
 
     def __init__(
         self,
-        app_dir: Path | str,
+        app_dir: Path | str | None,
         extra_args: Sequence[str] = (),
         *,
+        package_dir: Path | None = None,
         workdir: Path | str | None = None,
         host: str = LOCALHOST,
         port: int | None = None,
@@ -232,7 +233,8 @@ class SwitchProcess:
         ready_timeout: float = 10.0,
         stop_timeout: float = 10.0,
     ) -> None:
-        self.app_dir = Path(app_dir)
+        self.app_dir = Path(app_dir) if app_dir is not None else None  # None: the bundled/installed apps
+        self.package_dir = package_dir  # run the package installed there, not this checkout
         self.extra_args = list(extra_args)
         self.workdir = Path(workdir) if workdir else Path(
             __import__("tempfile").mkdtemp(prefix="switch-e2e-")
@@ -266,7 +268,7 @@ class SwitchProcess:
             *(prefix.split() if prefix else [sys.executable, "-m", "switch.cli", "run"]),
             "--listen", f"{self.host}:{self.port}",
             "--rtp-ports", f"{lo}-{hi}",
-            "--app", str(self.app_dir),
+            *(["--app", str(self.app_dir)] if self.app_dir is not None else []),
             "--data-dir", str(self.data_dir),
             "--log-level", self.log_level,
             # the control API's default port is one per host: tests that want it pass their own
@@ -277,11 +279,12 @@ class SwitchProcess:
     def start(self) -> SwitchProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        root = self.package_dir or REPO
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            self.command(), cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+            self.command(), cwd=self.workdir if self.package_dir else REPO, env=env, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.wait_ready()
