@@ -39,6 +39,13 @@ class EventSpec:
     doc: str
 
 
+def check(event: object) -> Event:
+    """``event`` if it is one (a dict with a ``type``); TypeError otherwise."""
+    if not isinstance(event, dict) or "type" not in event:
+        raise TypeError(f"an event is a dict with a 'type', not {event!r}")
+    return event
+
+
 def disconnect(status: int | None = None, reason: str | None = None) -> Event:
     """The task's leg ended: BYE/CANCEL from the far end, or an outbound call failed."""
     return {"type": EventType.DISCONNECT.value, "status": status, "reason": reason}

@@ -39,6 +39,7 @@ from typing import Any
 
 from .app import JsApp
 from .boundary import CallControl, CallError, Switchboard
+from . import events
 from .events import Event
 from .wire import Message, MessageLink
 
@@ -343,9 +344,7 @@ class WorkerPool:
         record = self._tasks.get(tid)
         if record is None:
             return False
-        if not isinstance(event, dict) or "type" not in event:
-            raise TypeError(f"an event is a dict with a 'type', not {event!r}")
-        record.worker.send(["event", tid, event])
+        record.worker.send(["event", tid, events.check(event)])
         return True
 
     def terminate(self, tid: int) -> bool:

@@ -55,7 +55,7 @@ from typing import Any
 import greenlet
 import quickjs
 
-from . import api
+from . import api, events
 from .app import MAIN, JsApp, ModuleNotFound
 from .boundary import CallControl, CallError, Switchboard
 from .budget import CpuBudget
@@ -312,9 +312,7 @@ class TaskRuntime:
         task = self._tasks.get(tid)
         if task is None:
             return False
-        if not isinstance(event, dict) or "type" not in event:
-            raise TypeError(f"an event is a dict with a 'type', not {event!r}")
-        task.queue.append(event)
+        task.queue.append(events.check(event))
         if task.state is TaskState.WAITING_INPUT and not task._wake_pending:
             task._wake_pending = True
             if task._timer is not None:
