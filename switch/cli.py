@@ -23,6 +23,7 @@ from . import logs
 from .config import DEFAULT_APP, ConfigError, load
 from .control.commands import add_commands as add_control_commands
 from .control.commands import run as run_control_command
+from .tasks.pool import WorkerStartError
 
 RUN_HELP = """\
 Run the switch in the foreground. Every inbound INVITE starts a JavaScript task
@@ -124,6 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         code = runner(_serve(config))
     except OSError as exc:
         logging.getLogger("switch").error("cannot start: %s (is another switch on %s?)", exc, config.listen)
+        code = 1
+    except WorkerStartError as exc:
+        logging.getLogger("switch").error("cannot start: %s (its log lines above say why)", exc)
         code = 1
     logging.shutdown()
     sys.stdout.flush()

@@ -54,6 +54,10 @@ LEG_VERBS = frozenset(("request_data", "provision", "accept", "reject", "play_fi
                        "disconnect"))  # IsConnected() is answered in the worker ("leg-ended")
 
 
+class WorkerStartError(RuntimeError):
+    """A JS worker did not come up (it exited, or said nothing in READY_TIMEOUT)."""
+
+
 class TaskRecord:
     """What the switch knows of a task that runs in a worker (the ``BridgingTask`` the
     switchboard sees: ``tid``, ``post``, ``attach_leg``)."""
@@ -149,9 +153,9 @@ class JsWorker:
             ready = await asyncio.wait_for(asyncio.shield(self.ready), READY_TIMEOUT)
         except TimeoutError:
             self.kill()
-            raise RuntimeError(f"js worker {self.index} did not start in {READY_TIMEOUT:.0f} s") from None
+            raise WorkerStartError(f"js worker {self.index} did not start in {READY_TIMEOUT:.0f} s") from None
         if not ready:
-            raise RuntimeError(f"js worker {self.index} exited with {self.proc.returncode} while starting")
+            raise WorkerStartError(f"js worker {self.index} exited with {self.proc.returncode} while starting")
         self.alive = True
         self.last_pong = time.monotonic()
         self.apps_sent.clear()
@@ -471,7 +475,7 @@ class WorkerPool:
             try:
                 await worker.start()
                 return
-            except (RuntimeError, OSError) as exc:
+            except (WorkerStartError, OSError) as exc:
                 log.error("js worker %d: restart failed (%s); retrying in %.1f s", worker.index, exc, delay)
                 delay = min(delay * 2, RESTART_BACKOFF[1])
 

@@ -33,7 +33,7 @@ from typing import Any
 from .. import logs
 from .app import JsApp
 from .boundary import BridgingTask, CallControl, CallError
-from .engine import check_binding
+from .engine import BindingMismatch, check_binding
 from .events import Event
 from .runtime import MiB, TaskRuntime
 from .wire import Message, MessageLink
@@ -255,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.setup(args.log_level, args.log_format)
-    check_binding()  # the CPU budget and the bytecode prelude rely on its layout
+    try:
+        check_binding()  # the CPU budget and the bytecode prelude rely on its layout
+    except BindingMismatch as exc:
+        log.critical("js worker %d cannot run: %s", args.index, exc)
+        return 78  # EX_CONFIG
     try:
         import uvloop
 
