@@ -388,6 +388,15 @@ def continuity_failures(streams: dict[tuple[str, int], list[RtpPacket]], since: 
     return [text for _, text in sorted(bad, reverse=True)]
 
 
+def serves_a_new_call(sw: SwitchProcess, sink: RtpSink, when: str) -> None:
+    """A new ordinary call is answered and gets RTP, then hangs up cleanly."""
+    fresh = Caller(sw, "play", sink)
+    place([fresh])
+    assert fresh.status == 200, fresh
+    assert poll(lambda: len(fresh.packets()) >= 10, 3.0), f"no RTP on a call placed {when}"
+    finish([fresh])
+
+
 def worst_gap_ms(streams: dict[tuple[str, int], list[RtpPacket]], since: float, until: float) -> float:
     """The largest gap between two packets of one stream inside [since, until] (ms)."""
     worst = 0.0
@@ -589,11 +598,7 @@ def test_runaway_scripts_are_stopped_after_their_cpu_budget(installed_switch, si
     assert not bad, f"{len(bad)} of 20 streams late or lossy next to the runaways:\n" + "\n".join(bad)
 
     assert sw.running(), "the switch exited\n" + sw.log_tail(30)
-    fresh = Caller(sw, "play", call_sink)
-    place([fresh])
-    assert fresh.status == 200, fresh
-    assert poll(lambda: len(fresh.packets()) >= 10, 3.0), "no RTP on a call placed after the runaways"
-    finish([fresh])
+    serves_a_new_call(sw, call_sink, "after the runaways")
     res = run.wait()
     assert res.ok and res.successful == 20, res.describe(3000)
     stop_clean(sw)
@@ -666,11 +671,7 @@ def test_memory_bombs_end_their_own_calls(switch, sipp_bg, sinks):
     print(f"\nJS workers' RSS before the bombs {rss_before:.0f} MiB, after {rss_after:.0f} MiB")
     # each bomb filled a 32 MiB heap; what stays is allocator slack, not the heaps
     assert rss_after < rss_before + 16, f"workers' RSS {rss_before:.0f} -> {rss_after:.0f} MiB after the bombs"
-    fresh = Caller(sw, "play", call_sink)
-    place([fresh])
-    assert fresh.status == 200, fresh
-    assert poll(lambda: len(fresh.packets()) >= 10, 3.0), "no RTP on a call placed after the bombs"
-    finish([fresh])
+    serves_a_new_call(sw, call_sink, "after the bombs")
     res = run.wait()
     assert res.ok and res.successful == 10, res.describe(3000)
     stop_clean(sw)
