@@ -3,8 +3,11 @@
 One timer for all streams is the cheapest way to send 2000 x 50 packets/s (one loop
 wake-up per 20 ms instead of one per stream). It is then a single point of failure, so:
 an exception in one stream's tick removes that stream (logged once) and never stops the
-clock; a late tick sends the frames it missed, up to ``max_catchup``, and beyond that
-resyncs to the grid (the skipped frames are dropped, never sent twice).
+clock. That guard is for bugs: an expected failure such as a send error is the stream's
+to handle (MediaSession counts and logs it and keeps ticking), since removal is for good
+and the call would be silent from then on. A late tick sends the frames it missed, up to
+``max_catchup``, and beyond that resyncs to the grid (the skipped frames are dropped,
+never sent twice).
 
 Measured (uvloop, 2-core box, MediaSession looping PCMU to a loopback sink): 1000 streams
 = 50k packets/s at 38% of a core, 2000 streams = 100k packets/s at 66% (~6.6 µs per
@@ -159,7 +162,8 @@ class MediaClock:
             try:
                 keep = stream.tick(frames, now)
             except Exception:
-                # Removed right away, so this is logged once per stream.
+                # A bug in the stream (send errors never get here, see the module doc):
+                # removed right away, so this is logged once per stream.
                 logger.exception("media stream %r failed in tick; removed", stream)
                 keep = False
             if not keep:

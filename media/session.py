@@ -28,6 +28,13 @@ SAMPLE_RATE = 8000
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz, one byte per sample in G.711
 _SILENCE = {"PCMU": 0xFF, "PCMA": 0xD5}
 _MAX_BIND_ATTEMPTS = 32
+# A failing destination fails every 20 ms: log its first error, then at most one summary
+# line per this many seconds (and again at once if the destination changes).
+SEND_ERROR_LOG_INTERVAL = 10.0
+# What sendto() raises for an address the socket cannot use, before anything is sent:
+# uvloop raises ValueError for a family mismatch (c=IN IP6 ::1 on an IPv4 socket) and
+# TypeError for a malformed address; OSError is a send the kernel refused.
+_SEND_ERRORS = (OSError, ValueError, TypeError)
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -138,6 +145,8 @@ class MediaSession:
         self.packets_malformed = 0
         self.rtcp_received = 0
         self.send_errors = 0
+        self._send_error_logged: tuple[float, tuple[str, int]] | None = None  # (when, dest)
+        self._send_errors_unlogged = 0
         self.closed = False
 
     @classmethod
@@ -268,19 +277,53 @@ class MediaSession:
             # On hold / recvonly: time passes but nothing goes out; resume with a marker.
             self._sender.start_talkspurt(FRAME_SAMPLES)
             return
-        self._transport.sendto(self._sender.packet(payload, FRAME_SAMPLES, self._pt), dest)
-        self.packets_sent += 1
-        self.bytes_sent += len(payload)
+        # The packet is built (seq and timestamp advance) even if the send fails: to the
+        # peer it is a lost packet, and the stream keeps tracking real time (RFC 3550 §5.1).
+        if self._sendto(self._sender.packet(payload, FRAME_SAMPLES, self._pt), dest):
+            self.packets_sent += 1
+            self.bytes_sent += len(payload)
 
     def send_relayed(self, payload: bytes, timestamp: int, pt: int, marker: bool) -> None:
         """Send a packet relayed from another leg (media/relay.py decides ts and PT)."""
         dest = self._latched or self._sdp_dest
         if not self._can_send or dest is None or self._transport is None:
             return
-        self._transport.sendto(self._sender.relayed(payload, timestamp, pt, marker), dest)
         self._last_send = self._loop.time()
-        self.packets_sent += 1
-        self.bytes_sent += len(payload)
+        if self._sendto(self._sender.relayed(payload, timestamp, pt, marker), dest):
+            self.packets_sent += 1
+            self.bytes_sent += len(payload)
+
+    def _sendto(self, packet: bytes, dest: tuple[str, int]) -> bool:
+        """Send one packet; a send error is counted, logged (rate-limited) and survived.
+
+        It must not escape: from a clock tick the MediaClock would drop the playout for
+        good (it treats an exception as a bug), and the call would stay silent even after
+        symmetric RTP latching (RFC 4961) gives us an address that works.
+        """
+        assert self._transport is not None
+        try:
+            self._transport.sendto(packet, dest)
+        except _SEND_ERRORS as exc:
+            self._send_failed(dest, exc)
+            return False
+        return True
+
+    def _send_failed(self, dest: tuple[str, int], exc: Exception) -> None:
+        self.send_errors += 1
+        now = self._loop.time()
+        last = self._send_error_logged
+        if last is not None and last[1] == dest and now - last[0] < SEND_ERROR_LOG_INTERVAL:
+            self._send_errors_unlogged += 1
+            return
+        more = self._send_errors_unlogged
+        self._send_errors_unlogged = 0
+        self._send_error_logged = (now, dest)
+        logger.warning(
+            "%s RTP send to %s:%d failed: %s: %s%s; the stream carries on (it may latch to "
+            "the peer's RTP source) and further errors are logged at most every %.0f s",
+            self.log_prefix, dest[0], dest[1], type(exc).__name__, exc,
+            f" ({more} more since the last report)" if more else "", SEND_ERROR_LOG_INTERVAL,
+        )
 
     @property
     def next_timestamp(self) -> int:

@@ -14,7 +14,14 @@ from .message import SipParseError
 
 MAX_MESSAGE = 65536  # bytes; a peer sending more without a message boundary is dropped
 
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.I | re.M)
+# One header line of the block, anchored on the CRLFs around it: header order is free, so
+# Content-Length may be any line, not just the last (linphone's authenticated REGISTER puts
+# it before Authorization). RFC 3261 §7.3.1: names are case-insensitive, "l" is its compact
+# form (§20.14), whitespace may precede the colon (HCOLON) and the value may follow on a
+# folded continuation line (SWS = [*WSP CRLF] 1*WSP, §25.1).
+_CONTENT_LENGTH = re.compile(
+    rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(?:\r\n[ \t]+)?(\d{1,9})[ \t]*\r\n", re.I
+)  # at most 9 digits: anything longer is over MAX_MESSAGE anyway (and int() of 5000 digits raises)
 
 
 class StreamFramer:
@@ -38,7 +45,10 @@ class StreamFramer:
                 if len(buf) > MAX_MESSAGE:
                     raise SipParseError(f"no end of headers within {MAX_MESSAGE} bytes")
                 return out
-            m = _CONTENT_LENGTH.search(bytes(buf[:end]))
+            # Up to and including the CRLF that ends the last header, so that every header
+            # line (the start line's CRLF before the first) is framed by CRLFs. The first
+            # Content-Length wins, as in parse_message(): both must agree where a body ends.
+            m = _CONTENT_LENGTH.search(bytes(buf[:end + 2]))
             if m is None:
                 raise SipParseError("a message on a stream transport needs Content-Length (RFC 3261 §18.3)")
             total = end + 4 + int(m.group(1))

@@ -323,3 +323,60 @@ def test_lateness_is_recorded_per_tick_and_summarised():
         assert 2.0 <= stats["p50"] <= stats["p99"] <= stats["max"]
 
     asyncio.run(main())
+
+
+# --- send errors: MediaSession on the virtual clock ----------------------------------
+
+
+class FlakyTransport:
+    """sendto() as uvloop's on an IPv4 socket: an IPv6 destination raises ValueError."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if ":" in addr[0]:
+            raise ValueError(f"{addr!r}: socket family mismatch or a DNS lookup is required")
+        self.sent.append((data, addr))
+
+    def close(self) -> None:
+        pass
+
+
+def test_session_send_errors_keep_the_stream_and_are_logged_rate_limited(caplog):
+    from media.playback import DecodedAudio
+    from media.rtp import RtpSender
+    from media.sdp import MediaParams
+    from media.session import SEND_ERROR_LOG_INTERVAL, MediaSession
+
+    loop = FakeLoop()
+    clock = MediaClock(loop, slots=1)  # type: ignore[arg-type]
+    transport = FlakyTransport()
+    session = MediaSession(loop, transport, 20000, RtpPortPool(20000, 20009), clock, "[t]")  # type: ignore[arg-type]
+    session.configure(MediaParams("PCMU", 0, 101, ("::1", 4000), "sendrecv"))
+    session.play(DecodedAudio.from_pcm(bytes(2 * 1600)), loop=True)  # 10 frames, looped
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "RTP send to" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(50):  # 1 s of failing sends
+            loop.fire()
+        assert session.send_errors == 50 and session.packets_sent == 0
+        assert session.playing and len(clock) == 1  # still on the clock
+        assert len(warnings()) == 1 and "socket family mismatch" in warnings()[0]
+        session.send_relayed(b"\xff" * 160, 1234, 0, False)  # the relay path survives too
+        assert session.send_errors == 51
+        steps = round(SEND_ERROR_LOG_INTERVAL / clock.ptime)
+        for _ in range(steps):  # past the interval: one summary line, not one per packet
+            loop.fire()
+        # 49 + 1 relayed + 450 ticks unlogged before the tick 10 s after the first report
+        assert len(warnings()) == 2 and "(500 more since the last report)" in warnings()[1]
+        # Symmetric RTP (RFC 4961): the phone's first packet gives a reachable address.
+        session._datagram_received(RtpSender().packet(b"\xff" * 160, 160, 0), ("127.0.0.1", 5000))
+        for _ in range(5):
+            loop.fire()
+    assert [addr for _, addr in transport.sent] == [("127.0.0.1", 5000)] * 5
+    assert session.packets_sent == 5 and len(warnings()) == 2
+    assert not [r for r in caplog.records if "failed in tick" in r.getMessage()]
+    session.close()

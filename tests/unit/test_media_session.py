@@ -1,6 +1,7 @@
 """MediaSession over real UDP sockets on 127.0.0.1."""
 
 import asyncio
+import logging
 import socket
 import wave
 
@@ -335,3 +336,38 @@ def test_open_skips_ports_in_use_and_pool_exhaustion(run):
             busy.close()
 
     run(main())
+
+
+def test_unusable_sdp_address_send_errors_survived_until_latching(run, caplog):
+    """c=IN IP6 ::1 offered to an IPv4 socket: every send fails (uvloop raises ValueError
+    "socket family mismatch" from sendto, asyncio reports a gaierror to error_received).
+    The playout must stay on the clock, so RTP flows as soon as latching (RFC 4961) gives
+    an address the socket can reach."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        peer = await make_peer()
+        session, _, clock = await make_session(ptime=0.005)
+        session.configure(MediaParams("PCMU", 0, 101, ("::1", peer.addr[1]), "sendrecv"))
+        session.play(tone_audio(0.04), loop=True)
+        deadline = loop.time() + 2
+        while session.stats()["send_errors"] < 10 and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        assert session.stats()["send_errors"] >= 10
+        assert session.playing and len(clock) == 1 and peer.received == []
+        # The phone's first RTP packet: we latch to its real (IPv4) source.
+        peer.transport.sendto(RtpSender().packet(b"\xff" * 160, 160, 0), ("127.0.0.1", session.local_port))
+        deadline = loop.time() + 2
+        while len(peer.received) < 5 and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        assert len(peer.received) >= 5, session.stats()
+        assert {p.payload_type for p in peer.packets()} == {0}
+        assert session.remote_addr == peer.addr
+        session.close()
+        peer.transport.close()
+
+    with caplog.at_level(logging.INFO):
+        run(main())
+    assert not [r for r in caplog.records if "failed in tick" in r.getMessage()]
+    # Logged once, not per packet (asyncio counts them in error_received, unlogged).
+    assert len([r for r in caplog.records if "RTP send to" in r.getMessage()]) <= 1
