@@ -20,6 +20,8 @@ the flags. Keys in the file are the flag names with '_' for '-':
     watchdog_s = 10              # the switch's own event loop stuck this long (a bug of ours):
                                  # log and exit 70 for the supervisor to restart; 0 = off
 
+    digest_algorithms = ["MD5", "SHA-256"]  # REGISTER challenges, in this order (RFC 8760):
+                                 # many phones answer only the first; SHA-256 first where all can
     [users]                      # SIP accounts that may REGISTER (digest auth, realm set by
     alice = "s3cret"             # the top-level key realm = "..."); without any, REGISTER gets
                                  # 405. Calls the apps place to "alice" then reach her phone.
@@ -81,6 +83,7 @@ class Config:
     sip_t1: float = 0.5  # RFC 3261 T1 (s): Timer B/F (no answer -> 408) = 64*T1
     users: dict = field(default_factory=dict)  # [users] name = "password": accounts that may REGISTER
     realm: str = "softswitch"  # digest realm of those accounts
+    digest_algorithms: list = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order (RFC 8760)
     watchdog_s: float = 10.0  # the switch's loop stuck this long (our bug) ends the process; 0: off
     js_workers: int = 0  # JS worker processes; 0: one per core (switch/tasks/pool.py)
     task_cpu_seconds: float = 5.0  # JS CPU a task may use between two verbs before it is interrupted
@@ -128,6 +131,9 @@ class Config:
             raise ConfigError(f"js_workers must be between 1 and 64 (0: one per core), not {self.js_workers}")
         if not 0.05 <= self.task_cpu_seconds <= 3600:
             raise ConfigError(f"task_cpu_seconds must be between 0.05 and 3600, not {self.task_cpu_seconds}")
+        if (not isinstance(self.digest_algorithms, list) or not self.digest_algorithms
+                or any(str(a).upper() not in ("MD5", "SHA-256") for a in self.digest_algorithms)):
+            raise ConfigError(f'digest_algorithms must be a list of "MD5" and/or "SHA-256", not {self.digest_algorithms!r}')
         if not 0.01 <= self.sip_t1 <= 5:
             raise ConfigError(f"sip_t1 must be between 0.01 and 5 seconds, not {self.sip_t1}")
 

@@ -91,7 +91,7 @@ class Switch:
             open_media=self._open_media, start_call=self._start_call,
             advertise=cfg.advertise or None,
             gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules),
-            registrar=Registrar(cfg.users, cfg.realm),
+            registrar=Registrar(cfg.users, cfg.realm, algorithms=tuple(cfg.digest_algorithms)),
         )
         self.tasks.switchboard = Switchboard(self.engine, self.tasks.post)
         self.watchdog: LoopWatchdog | None = None
