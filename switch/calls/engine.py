@@ -245,7 +245,9 @@ class CallEngine:
             self._reply(txn, invite, 503, f"Service Unavailable ({refusal})",
                         headers={"retry-after": "30" if self.admission.draining else "1"})
             return
-        if invite.request_uri.scheme not in ("sip", "sips", "tel"):
+        # The scheme from the raw text: a URI of another scheme passed parsing as an
+        # absoluteURI (RFC 3261 §25.1) and is refused here, 416 (§21.4.16; RFC 4475 §3.3.2).
+        if invite.uri.partition(":")[0].lower() not in ("sip", "sips", "tel"):
             self._reply(txn, invite, 416)
             return
         offer: SessionDescription | None = None

@@ -13,14 +13,28 @@ values of one name is preserved, so this loses nothing a proxy or UA needs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from collections.abc import Iterable
 
-from .uri import NameAddr, SipUri, UriError, split_commas, split_hostport
+from .uri import NameAddr, SipUri, UriError, is_token, small_uint, split_commas, split_hostport
 
 
 class SipParseError(ValueError):
-    """A datagram that is not a valid SIP message; the text says why."""
+    """A datagram that is not a valid SIP message; the text says why.
+
+    When the start line read as a request, ``method`` is its method and ``headers`` what
+    the header section held (raw values), so the 400 (``status``: 505 for a SIP version we
+    do not speak, RFC 3261 §8.2.6 / §21.5.6) is built from them with ``make_error_response``
+    and the datagram is never parsed a second time."""
+
+    def __init__(self, reason: str, status: int = 400, method: str | None = None,
+                 headers: dict[str, list[str]] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.method = method
+        self.headers = headers
 
 
 # RFC 3261 §7.3.3 and the IANA registry: compact header forms.
@@ -65,6 +79,11 @@ REASON_PHRASES = {
 
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
 
+_VIA_PROTOCOL = re.compile(r"SIP *\/ *2\.0 *\/ *([^ /;,]+) +", re.IGNORECASE)
+# Where a 400 for a message with a broken Via can still go: its sent-by (RFC 3261 §18.2.2).
+_VIA_SENT_BY = re.compile(r"\s*SIP\s*/\s*[0-9.]+\s*/\s*[^\s/;,]+\s+([^\s;,]+)", re.IGNORECASE)
+_VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+")
+
 
 def canonical_name(name: str) -> str:
     known = _CANONICAL.get(name)
@@ -84,23 +103,37 @@ class Via:
 
     @classmethod
     def parse(cls, value: str) -> Via:
-        proto, _, rest = value.strip().partition(" ")
-        parts = proto.split("/")
-        if len(parts) != 3 or parts[0].strip().upper() != "SIP":
-            raise SipParseError(f"Via has a bad protocol: {proto!r}")
+        value = value.strip()
+        if value.startswith("SIP/2.0/"):  # the common case, no LWS in sent-protocol
+            transport, _, rest = value[8:].partition(" ")
+        else:
+            # RFC 3261 §25.1: SLASH = SWS "/" SWS, so "SIP / 2.0 / UDP" is legal (RFC 4475
+            # §3.1.1.1); folding has already become single spaces.
+            m = _VIA_PROTOCOL.match(value)
+            if m is None:
+                raise SipParseError(f"Via has a bad protocol: {value[:40]!r}")
+            transport, rest = m.group(1), value[m.end() :]
+        if not is_token(transport):
+            raise SipParseError(f"Via has a bad transport: {transport[:20]!r}")
         sent_by, *params = rest.strip().split(";")
         sent_by = sent_by.strip()
-        if not sent_by:
-            raise SipParseError("Via has no sent-by")
+        if not sent_by or " " in sent_by:
+            raise SipParseError(f"Via has a bad sent-by {sent_by[:40]!r}")
         try:
             host, port = split_hostport(sent_by)
         except UriError as exc:
             raise SipParseError(f"Via sent-by: {exc}") from None
         parsed: dict[str, str | None] = {}
         for param in params:
-            key, eq, val = param.strip().partition("=")
-            parsed[key.lower()] = val.strip() if eq else None
-        return cls(parts[2].strip().upper(), host, port, parsed)
+            key, eq, val = param.partition("=")
+            key = key.strip().lower()
+            if not is_token(key):  # ";;" is no parameter (RFC 4475 §3.1.2.1)
+                raise SipParseError(f"Via has a bad parameter {param[:30]!r}")
+            parsed[key] = val.strip() if eq else None
+        rport = parsed.get("rport")
+        if rport is not None and small_uint(rport, 5) is None:
+            raise SipParseError(f"Via has a bad rport {rport[:20]!r}")
+        return cls(transport.upper(), host, port, parsed)
 
     @property
     def branch(self) -> str | None:
@@ -124,12 +157,12 @@ class CSeq:
     def parse(cls, value: str) -> CSeq:
         num, _, method = value.strip().partition(" ")
         method = method.strip()
-        if not num.isdigit() or not method or len(num) > 10:
-            raise SipParseError(f"bad CSeq {value!r}")
-        number = int(num)
-        if number >= 2**31:  # RFC 3261 §8.1.1.5
-            raise SipParseError(f"CSeq number out of range in {value!r}")
-        return cls(number, method.upper())
+        number = small_uint(num, 10)
+        # RFC 3261 §8.1.1.5 (below 2**31) and §20.16 (the method is a token, case kept:
+        # methods are case-sensitive, §7.1).
+        if number is None or number >= 2**31 or not is_token(method):
+            raise SipParseError(f"bad CSeq {value[:40]!r}")
+        return cls(number, method)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -251,13 +284,13 @@ class SipMessage:
             self.headers["to"] = [str(to)]
 
     def validate(self) -> None:
-        """Check the headers every message needs (RFC 3261 §8.1.1); raises SipParseError."""
-        self.via  # noqa: B018 - parse to validate
-        self.from_  # noqa: B018
-        self.to  # noqa: B018
-        self.cseq  # noqa: B018
-        if not self.call_id.strip():
-            raise SipParseError("empty Call-ID")
+        """Check the headers every message needs (RFC 3261 §8.1.1); raises SipParseError.
+        ``parse_message`` already did (and more) for what came off the wire; this is for
+        messages built here."""
+        try:
+            _check_common(self)
+        except UriError as exc:
+            raise SipParseError(str(exc)) from None
 
     def _serialize(self, start_line: str) -> bytes:
         lines = [start_line]
@@ -314,11 +347,10 @@ class SipResponse(SipMessage):
         return f"<SipResponse {self.status} {self.reason}>"
 
 
-def parse_message(data: bytes, check_length: bool = True) -> SipRequest | SipResponse:
-    """Parse one datagram. Raises SipParseError with a reason fit for a 400.
-
-    ``check_length=False`` accepts a body shorter than Content-Length: used only to
-    find where to send the 400 for such a message."""
+def parse_message(data: bytes) -> SipRequest | SipResponse:
+    """Parse one datagram into a message fully valid for the layers above, or raise
+    SipParseError with a reason fit for a 400 (RFC 3261 §7, §8.2, §20, §25; the cases of
+    RFC 4475 §3.1.2). There is one strict path: nothing downstream re-checks syntax."""
     end = data.find(b"\r\n\r\n")
     if end >= 0:
         head, body = data[:end], data[end + 4 :]
@@ -327,10 +359,13 @@ def parse_message(data: bytes, check_length: bool = True) -> SipRequest | SipRes
         if end < 0:
             raise SipParseError("no blank line after the headers (truncated message?)")
         head, body = data[:end], data[end + 2 :]
+    error: str | None = None
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SipParseError(f"headers are not UTF-8 at byte {exc.start}") from None
+        # Still read the headers (as Latin-1, byte for byte) so the 400 can be addressed.
+        error = f"headers are not UTF-8 at byte {exc.start}"
+        text = head.decode("latin-1")
     lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
     start = lines[0]
     headers: dict[str, list[str]] = {}
@@ -340,17 +375,18 @@ def parse_message(data: bytes, check_length: bool = True) -> SipRequest | SipRes
             continue
         if line[0] in " \t":  # header folding, RFC 3261 §7.3.1
             if last is None:
-                raise SipParseError("continuation line before any header")
+                error = error or "continuation line before any header"
+                continue
             last[-1] = f"{last[-1]} {line.strip()}"
             continue
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise SipParseError(f"header line without a colon: {line[:40]!r}")
-        name = name.strip().lower()
-        if not name or " " in name:
-            raise SipParseError(f"bad header name {name!r}")
-        if len(name) == 1:
-            name = COMPACT_FORMS.get(name, name)
+        raw, colon, value = line.partition(":")
+        name = _NAMES.get(raw)
+        if name is None:
+            name = _header_name(raw) if colon else None
+            if name is None:  # field-name = token (§25.1)
+                error = error or f"bad header line {line[:40]!r}"
+                last = None
+                continue
         last = headers.get(name)
         if last is None:
             last = headers[name] = []
@@ -360,35 +396,177 @@ def parse_message(data: bytes, check_length: bool = True) -> SipRequest | SipRes
         if values and any("," in v for v in values):
             headers[name] = [part for v in values for part in split_commas(v)]
 
-    cl = headers.get("content-length")
-    if cl is not None:
-        text_len = cl[0]
-        if not text_len.isdigit():
-            raise SipParseError(f"bad Content-Length {text_len!r}")
-        length = int(text_len)
-        if length > len(body) and check_length:  # RFC 3261 §18.3: a short UDP body is an error
-            raise SipParseError(f"Content-Length {length} but only {len(body)} body bytes")
-        body = body[:length]
-
     if start.startswith("SIP/"):
-        version, _, rest = start.partition(" ")
-        code, _, reason = rest.partition(" ")
+        # A bad response is only dropped (RFC 3261 §17: never answered), so no error info.
+        return _parse_response(start, headers, body, error)
+    method, uri, version = _request_line(start)
+    try:
+        if error is not None:
+            raise SipParseError(error)
         if version != "SIP/2.0":
-            raise SipParseError(f"unsupported version {version!r}")
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
-            raise SipParseError(f"bad status code {code!r}")
-        return SipResponse(int(code), reason, headers, body)
+            if method and _VERSION.fullmatch(version):  # RFC 3261 §8.2.6 / §21.5.6
+                raise SipParseError(f"unsupported version {version!r}", 505)
+            raise SipParseError(f"bad request line {start[:60]!r}")
+        if not method:
+            raise SipParseError(f"bad request line {start[:60]!r}")
+        request = SipRequest(method, uri, headers, _body(headers, body))
+        _check_request(request)
+        return request
+    except (SipParseError, UriError) as exc:
+        # For the 400 the method only tells an ACK (never answered) from the rest, so the
+        # first word of a broken request line is good enough (RFC 4475 §3.1.2.9).
+        words = text.split(None, 1)  # (the head: a leading CRLF leaves the start line empty)
+        said = method or (words[0] if words and is_token(words[0]) else None)
+        raise SipParseError(str(exc), getattr(exc, "status", 400), said, headers) from None
+
+
+# Header names as written -> our key (lower case, compact form expanded); a message has
+# ~10 and they repeat across messages, so this saves the strip/lower/token check per line.
+_NAMES: dict[str, str] = {}
+
+
+def _header_name(raw: str) -> str | None:
+    name = raw.strip().lower()
+    if not is_token(name):
+        return None
+    if len(name) == 1:
+        name = COMPACT_FORMS.get(name, name)
+    if len(_NAMES) < 4096:  # bounded: a flood of odd names must not grow it
+        _NAMES[raw] = name
+    return name
+
+
+def _request_line(start: str) -> tuple[str, str, str]:
+    """``Method SP Request-URI SP SIP-Version`` with exactly single spaces (RFC 3261 §7.1;
+    RFC 4475 §3.1.2.9, §3.1.2.10). Returns an empty method when the line is not one."""
     parts = start.split(" ")
     if len(parts) != 3:
-        raise SipParseError(f"bad request line {start[:60]!r}")
+        return "", "", ""
     method, uri, version = parts
+    # Method = token (§25.1): "!interesting-Method..." is legal (RFC 4475 §3.1.1.2).
+    if not (method.isalpha() and method.isascii()) and not is_token(method):
+        return "", "", version if _VERSION.fullmatch(version) else ""
+    return method, uri, version
+
+
+def _body(headers: dict[str, list[str]], body: bytes) -> bytes:
+    cl = headers.get("content-length")
+    if cl is None:
+        return body  # UDP: the datagram ends the body (§18.3)
+    if len(cl) > 1 and any(v != cl[0] for v in cl):  # RFC 4475 §3.3.9
+        raise SipParseError("more than one Content-Length")
+    length = small_uint(cl[0], 10)
+    if length is None:  # RFC 4475 §3.1.2.3: a negative or non-numeric Content-Length
+        raise SipParseError(f"bad Content-Length {cl[0][:20]!r}")
+    if length > len(body):  # RFC 3261 §18.3: a short UDP body is an error (RFC 4475 §3.1.2.2)
+        raise SipParseError(f"Content-Length {length} but only {len(body)} body bytes")
+    return body[:length]  # extra octets after it are ignored (RFC 4475 §3.1.1.8)
+
+
+def _check_common(msg: SipMessage) -> None:
+    """The headers every message needs, each once and well-formed (RFC 3261 §8.1.1,
+    §20; RFC 4475 §3.3.8)."""
+    headers = msg.headers
+    for name in ("from", "to", "call-id", "cseq"):
+        values = headers.get(name)
+        if not values:
+            raise SipParseError(f"missing {canonical_name(name)} header")
+        if len(values) > 1:
+            raise SipParseError(f"more than one {canonical_name(name)} header")
+    msg.via  # noqa: B018 - parse (and cache) the top Via
+    msg.from_  # noqa: B018
+    msg.to  # noqa: B018
+    msg.cseq  # noqa: B018
+    if not headers["call-id"][0] or " " in headers["call-id"][0]:
+        raise SipParseError("bad Call-ID")
+
+
+def _check_request(request: SipRequest) -> None:
+    _check_common(request)
+    if request.cseq.method != request.method:  # RFC 3261 §8.2.x / RFC 4475 §3.1.2.17-18
+        raise SipParseError(f"CSeq method {request.cseq.method[:20]!r} is not {request.method[:20]!r}")
+    uri = request.uri
+    scheme = uri[: uri.find(":")].lower()
+    if scheme in ("sip", "sips"):
+        ruri = request.request_uri  # cached for the TU
+        if ruri.headers:  # RFC 3261 §19.1.5: no headers in a Request-URI (RFC 4475 §3.1.2.11)
+            raise SipParseError(f"Request-URI has headers: {uri[:60]!r}")
+    elif not _ABSOLUTE_URI.fullmatch(uri):  # other schemes: RFC 3261 §25.1 absoluteURI
+        raise SipParseError(f"bad Request-URI {uri[:60]!r}")
+    headers = request.headers
+    max_forwards = headers.get("max-forwards")
+    if max_forwards is not None:
+        hops = small_uint(max_forwards[0].lstrip("0") or "0", 3)  # "0068" is 68 (RFC 4475 §3.1.1.1)
+        if hops is None or hops > 255 or len(max_forwards) > 1:  # §20.22; RFC 4475 §3.1.2.4
+            raise SipParseError(f"bad Max-Forwards {max_forwards[0][:20]!r}")
+    for contact in headers.get("contact", ()):
+        # An addr-spec Contact must not hide "?" or "," outside <> (RFC 3261 §20.10, RFC 4475
+        # §3.1.2.13); a <...> one is parsed by whoever uses it (dialog, registrar).
+        if "<" not in contact and contact != "*":
+            NameAddr.parse(contact)
+    date = headers.get("date")
+    if date is not None and not date[0].endswith(" GMT"):  # §20.17 (RFC 4475 §3.1.2.12)
+        raise SipParseError(f"bad Date {date[0][:40]!r}")
+
+
+def _parse_response(start: str, headers: dict[str, list[str]], body: bytes,
+                    error: str | None) -> SipResponse:
+    if error is not None:
+        raise SipParseError(error)
+    version, _, rest = start.partition(" ")
+    code, _, reason = rest.partition(" ")
     if version != "SIP/2.0":
         raise SipParseError(f"unsupported version {version!r}")
-    if not method.isalpha() or not method.isupper():
-        raise SipParseError(f"bad method {method!r}")
-    if ":" not in uri:
-        raise SipParseError(f"bad Request-URI {uri!r}")
-    return SipRequest(method, uri, headers, body)
+    # Status-Code = 3DIGIT (§7.2; RFC 4475 §3.1.2.19); the reason may be empty or any UTF-8.
+    status = small_uint(code, 3)
+    if status is None or len(code) != 3 or not 100 <= status <= 699:
+        raise SipParseError(f"bad status code {code[:20]!r}")
+    try:
+        response = SipResponse(status, reason, headers, _body(headers, body))
+        _check_common(response)
+    except UriError as exc:
+        raise SipParseError(str(exc)) from None
+    return response
+
+
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"]+")
+
+
+def make_error_response(error: SipParseError, addr: tuple[str, int]) -> tuple[SipResponse, tuple[str, int]] | None:
+    """The 400/505 for a request that failed to parse, from what ``parse_message`` could
+    read (RFC 3261 §8.2.6: Via, From, To, Call-ID and CSeq copied), and where to send it;
+    None when nothing can be answered: a response or an ACK (§17), or no Via to route a
+    response along (§18.2.2)."""
+    headers = error.headers
+    if headers is None or not error.method or error.method == "ACK":
+        return None
+    vias = headers.get("via")
+    if not vias:
+        return None
+    m = _VIA_SENT_BY.match(vias[0])
+    if m is None:
+        return None
+    try:
+        _, port = split_hostport(m.group(1))
+    except UriError:
+        port = None
+    top = vias[0]
+    # §18.2.2 / RFC 3581: back to the source address (the "received" we would stamp), to
+    # the source port when asked with rport, else the sent-by port.
+    if re.search(r";\s*rport\b", top, re.IGNORECASE):
+        dest = addr
+    else:
+        dest = (addr[0], port or 5060)
+    copied: dict[str, list[str]] = {}
+    for name in _COPIED:
+        values = headers.get(name)
+        if values:
+            copied[name] = list(values)
+    copied["via"][0] = f"{top};received={addr[0]}"
+    reason = f"{REASON_PHRASES[error.status]} ({error.reason})"[:120]
+    # The reason phrase is TEXT-UTF8 without CR/LF (§25.1): keep our text on one line.
+    reason = reason.replace("\r", " ").replace("\n", " ")
+    return SipResponse(error.status, reason, copied), dest
 
 
 _COPIED = ("via", "from", "to", "call-id", "cseq")

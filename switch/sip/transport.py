@@ -21,8 +21,8 @@ from typing import Protocol
 
 from .events import SipEvent
 from .framing import StreamFramer
-from .message import SipMessage, SipParseError, SipRequest, SipResponse, make_response, parse_message
-from .transaction import ClientTransaction, ServerTransaction, TransactionLayer, response_address
+from .message import SipMessage, SipParseError, SipRequest, SipResponse, make_error_response, parse_message
+from .transaction import ClientTransaction, ServerTransaction, TransactionLayer
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +108,16 @@ class SipTransport(asyncio.DatagramProtocol):
 
     def _message_received(self, data: bytes, addr: Addr, reliable: bool) -> None:
         try:
-            msg: SipMessage = parse_message(data)
-            msg.validate()
-        except (SipParseError, ValueError) as exc:
-            self._bad_message(data, addr, str(exc))
+            msg: SipMessage = parse_message(data)  # fully validated, or SipParseError
+        except SipParseError as exc:
+            self._bad_message(data, addr, str(exc), error=exc)
             return
-        self.layer.receive(msg, addr, self.loop.time(), reliable)  # type: ignore[arg-type]
+        try:
+            self.layer.receive(msg, addr, self.loop.time(), reliable)  # type: ignore[arg-type]
+        except Exception:
+            # A bug of ours on one message must not escape into asyncio, which would close
+            # the socket and stop SIP for every call.
+            logger.exception("error receiving %r from %s:%d", msg, addr[0], addr[1])
         self._service()
 
     def error_received(self, exc: Exception) -> None:
@@ -187,7 +191,8 @@ class SipTransport(asyncio.DatagramProtocol):
         self.layer.handle_timer(self.loop.time())
         self._service()
 
-    def _bad_message(self, data: bytes, addr: Addr, reason: str, reply: bool = True) -> None:
+    def _bad_message(self, data: bytes, addr: Addr, reason: str, reply: bool = True,
+                     error: SipParseError | None = None) -> None:
         """Answer 400 when the request is complete enough to answer, else drop; log once."""
         self.bad_datagrams += 1
         now = time.monotonic()
@@ -202,18 +207,11 @@ class SipTransport(asyncio.DatagramProtocol):
                 self._bad_sources.clear()
         else:
             self._bad_sources[host] = (last, suppressed + 1)
-        if not reply:
+        if not reply or error is None:
             return
-        try:
-            msg = parse_message(data, check_length=False)
-        except SipParseError:
-            return  # not even a message: nothing we could address a 400 to
-        if not isinstance(msg, SipRequest) or msg.method == "ACK":
-            return  # never answer a response or an ACK (RFC 3261 §17)
-        try:
-            msg.via  # noqa: B018 - the 400 needs a Via to go back along
-            response = make_response(msg, 400, f"Bad Request ({reason})"[:120])
-            dest = addr if addr in self.streams else response_address(msg, addr[:2])
-        except ValueError:
-            return
-        self.send_stateless(response, dest)
+        # Built from what the parser read (never a second parse): RFC 3261 §8.2.6.
+        answer = make_error_response(error, addr)
+        if answer is None:
+            return  # a response, an ACK, or no Via: nothing can be routed (§17, §18.2.2)
+        response, dest = answer
+        self.send_stateless(response, addr if addr in self.streams else dest)

@@ -12,6 +12,37 @@ class UriError(ValueError):
     pass
 
 
+# RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_TOKENS_LWS = TOKEN_CHARS | frozenset(" \t")  # *(token LWS): an unquoted display-name
+# RFC 3261 §25.1 hostname characters, plus "_": not in the grammar, but common in the
+# names of containers and internal hosts that operators put in configs and Via headers,
+# and harmless to accept (be liberal in what you accept, RFC 3261 §8.2.2 spirit).
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+# Characters no URI may hold unescaped (RFC 3261 §25.1 / RFC 2396 §2.4.3): LWS would split the
+# start line, <> and " delimit name-addrs. A URI that has them is malformed (RFC 4475 §3.1.2.7,
+# §3.1.2.8, §3.1.2.14).
+_NOT_IN_URI = frozenset(' \t\r\n<>"\x00')
+
+
+_COMMON_SCHEMES = frozenset(("sip", "sips", "tel"))
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and TOKEN_CHARS.issuperset(text)
+
+
+def small_uint(text: str, max_digits: int) -> int | None:
+    """``text`` as a non-negative integer of at most ``max_digits`` ASCII digits, else None.
+
+    ``str.isdigit`` alone accepts non-ASCII digits (``int`` then raises) and any length
+    (``int`` raises past sys.get_int_max_str_digits, 4300 by default): every number read
+    from the wire goes through here so neither can escape as a non-parse error."""
+    if not text or len(text) > max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def split_commas(value: str) -> list[str]:
     """Split a header value on commas that are outside quotes and <...>."""
     if "," not in value:
@@ -53,10 +84,13 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port_text = text.partition(":")
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise UriError(f"bad port in {text!r}")
-        return host, int(port_text)
+        if "]" in host or "[" in host:
+            raise UriError(f"bad host in {text!r}")
+    if port_text or text.endswith(":"):
+        port = small_uint(port_text, 5)
+        if port is None or not 0 < port < 65536:
+            raise UriError(f"bad port in {text[:60]!r}")
+        return host, port
     return host, None
 
 
@@ -70,6 +104,22 @@ def _parse_params(text: str) -> dict[str, str | None]:
         key, eq, val = item.partition("=")
         params[key.strip().lower()] = val.strip() if eq else None
     return params
+
+
+def _end_of_quoted(text: str) -> int:
+    """Index of the quote closing the quoted-string at ``text[0]`` (RFC 3261 §25.1: a
+    backslash escapes the next character, NUL and controls included, RFC 4475 §3.1.1.2)."""
+    i = 1
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == '"':
+            return i
+        i += 1
+    raise UriError(f"unterminated quoted string in {text[:60]!r}")
 
 
 def _format_params(params: dict[str, str | None]) -> str:
@@ -94,23 +144,31 @@ class SipUri:
         scheme, colon, rest = text.partition(":")
         scheme = scheme.lower()
         if not colon or not rest:
-            raise UriError(f"not a URI: {text!r}")
+            raise UriError(f"not a URI: {text[:60]!r}")
+        if not _NOT_IN_URI.isdisjoint(rest):
+            raise UriError(f"white space or <>\" in URI {text[:60]!r}")
         if scheme == "tel":
             number, _, params = rest.partition(";")
             return cls("tel", number, "", None, _parse_params(params))
         if scheme not in ("sip", "sips"):
-            raise UriError(f"unsupported URI scheme {scheme!r} in {text!r}")
-        rest, _, headers = rest.partition("?")
+            raise UriError(f"unsupported URI scheme {scheme!r} in {text[:60]!r}")
         user: str | None = None
         password: str | None = None
-        if "@" in rest:
-            userinfo, _, rest = rest.rpartition("@")
+        # RFC 3261 §19.1.1 / §25.1: the userinfo may hold ";", "?" and "," unescaped (RFC 4475
+        # §3.1.1.2, §3.1.1.9) but never "@", so it ends at the last "@"; headers ("?") and
+        # parameters (";") are looked for only after it.
+        at = rest.rfind("@")
+        if at >= 0:
+            userinfo, rest = rest[:at], rest[at + 1 :]
             user, _, pw = userinfo.partition(":")
             password = pw or None
+            if not user:
+                raise UriError(f"empty user in {text[:60]!r}")
+        rest, _, headers = rest.partition("?")
         hostport, _, params = rest.partition(";")
         host, port = split_hostport(hostport)
-        if not host:
-            raise UriError(f"no host in {text!r}")
+        if not host or not (host[0] == "[" or _HOST_CHARS.issuperset(host)):
+            raise UriError(f"bad host in {text[:60]!r}")
         return cls(scheme, user, host.lower(), port, _parse_params(params), headers, password)
 
     @property
@@ -138,24 +196,50 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
+        """Strict enough that what passes is what RFC 3261 §20.10 / §25.1 allow: a quoted
+        display name must close (RFC 4475 §3.1.2.6), an unquoted one is tokens (§3.1.2.15),
+        nothing but the URI goes inside <> (§3.1.2.14), and an addr-spec without <> holds
+        no "?" or "," (§20: such a URI must be enclosed; RFC 4475 §3.1.2.13)."""
         text = text.strip()
         if not text:
             raise UriError("empty address")
-        lt = text.find("<")
+        if text[0] == '"':
+            end = _end_of_quoted(text)
+            display: str | None = text[1:end]
+            rest = text[end + 1 :].lstrip()
+            if not rest.startswith("<"):
+                raise UriError(f"no <URI> after the display name in {text[:60]!r}")
+            lt = 0
+            text = rest
+        else:
+            display = None
+            lt = text.find("<")
+            if lt >= 0:
+                name = text[:lt].strip()
+                if name:
+                    if not _TOKENS_LWS.issuperset(name):
+                        raise UriError(f"unquoted display name is not tokens in {text[:60]!r}")
+                    display = name
         if lt >= 0:
             gt = text.find(">", lt)
             if gt < 0:
-                raise UriError(f"unclosed '<' in {text!r}")
-            display = text[:lt].strip().strip('"') or None
-            uri = text[lt + 1 : gt].strip()
-            params = _parse_params(text[gt + 1 :].strip())
+                raise UriError(f"unclosed '<' in {text[:60]!r}")
+            uri = text[lt + 1 : gt]
+            params_text = text[gt + 1 :].strip()
+            if params_text and params_text[0] != ";":
+                raise UriError(f"junk after '>' in {text[:60]!r}")
+            params = _parse_params(params_text)
         else:
             # addr-spec form: parameters after the URI belong to the header (§20.10).
             uri, _, params_text = text.partition(";")
-            display = None
+            uri = uri.rstrip()  # SEMI = SWS ";" SWS (§25.1; RFC 4475 §3.1.1.1)
+            if "?" in uri or "," in uri:
+                raise UriError(f"a URI with '?' or ',' must be in <> in {text[:60]!r}")
             params = _parse_params(params_text)
-        if ":" not in uri:
-            raise UriError(f"no URI in address {text!r}")
+        scheme, colon, rest = uri.partition(":")
+        if (not rest or not _NOT_IN_URI.isdisjoint(uri)
+                or (scheme not in _COMMON_SCHEMES and not is_token(scheme))):
+            raise UriError(f"no URI in address {text[:60]!r}")
         return cls(uri, display, params)
 
     @property
