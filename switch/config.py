@@ -20,6 +20,7 @@ the flags. Keys in the file are the flag names with '_' for '-':
     watchdog_s = 10              # the switch's own event loop stuck this long (a bug of ours):
                                  # log and exit 70 for the supervisor to restart; 0 = off
 
+    server_version = false       # Server/User-Agent headers name the version too (scanners see it)
     digest_algorithms = ["MD5", "SHA-256"]  # REGISTER challenges, in this order (RFC 8760):
                                  # many phones answer only the first; SHA-256 first where all can
     [users]                      # SIP accounts that may REGISTER (digest auth, realm set by
@@ -84,6 +85,7 @@ class Config:
     users: dict = field(default_factory=dict)  # [users] name = "password": accounts that may REGISTER
     realm: str = "softswitch"  # digest realm of those accounts
     digest_algorithms: list = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order (RFC 8760)
+    server_version: bool = False  # Server/User-Agent say "softswitch/VERSION" instead of "softswitch"
     watchdog_s: float = 10.0  # the switch's loop stuck this long (our bug) ends the process; 0: off
     js_workers: int = 0  # JS worker processes; 0: one per core (switch/tasks/pool.py)
     task_cpu_seconds: float = 5.0  # JS CPU a task may use between two verbs before it is interrupted

@@ -13,6 +13,7 @@ import gc
 import time
 import logging
 import signal
+from importlib import metadata
 from pathlib import Path
 
 from media.clock import MediaClock
@@ -39,6 +40,17 @@ from .watchdog import LoopWatchdog
 logger = logging.getLogger("switch")
 
 DRAIN_TIMEOUT = 5.0  # seconds to wait for BYEs to be answered on SIGTERM
+
+
+def product_name(with_version: bool) -> str:
+    """What our Server/User-Agent headers say: the product, and its version only when the
+    operator asks (a version tells a scanner which known holes to try)."""
+    if not with_version:
+        return "softswitch"
+    try:
+        return f"softswitch/{metadata.version('softswitch')}"
+    except metadata.PackageNotFoundError:
+        return "softswitch/dev"
 
 
 def watch_gc_pauses(threshold: float = 0.02) -> None:
@@ -71,7 +83,7 @@ class Switch:
         cfg = self.config
         loop = self.loop
         host, port = cfg.listen_addr
-        self.sip = SipTransport(loop, TransactionLayer(t1=cfg.sip_t1))
+        self.sip = SipTransport(loop, TransactionLayer(t1=cfg.sip_t1, product=product_name(cfg.server_version)))
         self.bind_ip = host
         self.ports = RtpPortPool(*cfg.rtp_range)
         self.clock = MediaClock(loop)

@@ -143,7 +143,7 @@ class ServerTransaction(Transaction):
     status = 0  # its status code
 
     def _send_reply(self, response: SipResponse) -> None:
-        self.reply = bytes(response)
+        self.reply = self.layer.wire(response)
         self.status = response.status
         self.layer._out.append((self.reply, self.addr))
 
@@ -289,7 +289,7 @@ class ClientTransaction(Transaction):
                  state: State, reliable: bool = False) -> None:
         super().__init__(layer, key, request, addr, state, reliable)
         self.sent_request = request  # clients keep theirs: the TU builds ACK/CANCEL from it
-        self._wire = bytes(request)
+        self._wire = layer.wire(request)
         layer._out.append((self._wire, addr))
 
     def _retransmit(self) -> None:
@@ -337,7 +337,7 @@ class InviteClientTransaction(ClientTransaction):
                 self._stop_timer("A")
                 self._stop_timer("B")
                 self._set_state(State.COMPLETED)
-                self._ack = bytes(make_ack_for_failure(self.sent_request, response))
+                self._ack = self.layer.wire(make_ack_for_failure(self.sent_request, response))
                 self.layer._out.append((self._ack, self.addr))
                 self._start_timer("D", 32.0, now)
             self.layer._events.append(ResponseReceived(self, response))
@@ -430,8 +430,12 @@ def _same_branch_request(method: str, invite: SipRequest, to: list[str]) -> SipR
 class TransactionLayer:
     """Matches messages to transactions (§17.1.3, §17.2.3) and owns every timer."""
 
-    def __init__(self, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
+    def __init__(self, t1: float = T1, t2: float = T2, t4: float = T4, product: str = "") -> None:
         self.t1, self.t2, self.t4 = t1, t2, t4
+        # Server (responses) / User-Agent (requests), RFC 3261 §20.35/§20.41: operators and
+        # peers see what they talk to; set on everything the layer sends, our own 100s and
+        # ACKs included. "" sends neither.
+        self.product = product
         self._server: dict[tuple, ServerTransaction] = {}
         self._client: dict[tuple, ClientTransaction] = {}
         self._accepted: dict[tuple[str, int], InviteServerTransaction] = {}
@@ -510,7 +514,15 @@ class TransactionLayer:
 
     def send_stateless(self, msg: SipRequest | SipResponse, addr: Addr) -> None:
         """Outside any transaction: the ACK for a 2xx, or a stateless error response."""
-        self._out.append((bytes(msg), addr))
+        self._out.append((self.wire(msg), addr))
+
+    def wire(self, msg: SipRequest | SipResponse) -> bytes:
+        """The bytes we send for ``msg``, with our Server/User-Agent unless it has one."""
+        if self.product:
+            name = "server" if isinstance(msg, SipResponse) else "user-agent"
+            if name not in msg.headers:
+                msg.set(name, self.product)
+        return bytes(msg)
 
     def find_invite(self, cancel: SipRequest) -> InviteServerTransaction | None:
         """The INVITE transaction a CANCEL targets (§9.2: same key, method INVITE)."""

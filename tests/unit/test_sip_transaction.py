@@ -234,3 +234,21 @@ def test_cancel_request_shape():
     assert cancel.method == "CANCEL" and cancel.via.branch == req.via.branch
     assert cancel.cseq.number == req.cseq.number and cancel.cseq.method == "CANCEL"
     assert isinstance(cancel, SipRequest)
+
+
+def test_everything_the_layer_sends_names_the_product():
+    # RFC 3261 §20.35 Server (responses) and §20.41 User-Agent (requests): the 100 the layer
+    # sends by itself, the TU's responses, our requests and the ACK for a failure.
+    layer = TransactionLayer(product="softswitch")
+    request = invite()
+    layer.receive(request, PEER, 0.0)
+    (ev,) = events(layer)
+    layer.send_response(ev.transaction, make_response(request, 486, to_tag="t"), 0.0)
+    assert [(m.status, m.get("server")) for m in sent(layer)] == [(100, "softswitch"), (486, "softswitch")]
+    ours = client_invite()
+    layer.send_request(ours, PEER, 0.0)
+    layer.receive(parse_message(bytes(make_response(ours, 603, to_tag="x"))), PEER, 0.1)
+    assert [m.get("user-agent") for m in sent(layer)] == ["softswitch", "softswitch"]  # INVITE, then ACK
+    quiet = TransactionLayer()
+    quiet.receive(invite(branch="z9hG4bK-b"), PEER, 0.0)
+    assert [m.get("server") for m in sent(quiet)] == [None]
