@@ -117,6 +117,8 @@ class ControlApi:
             return await request.json()
         except (ValueError, UnicodeDecodeError):
             raise DeployError("the request body must be JSON") from None
+        except RecursionError:  # json's decoder gives up on deep nesting: a bad body, not our bug
+            raise DeployError("the request body is nested too deeply") from None
 
     def _calls(self) -> list[dict[str, Any]]:
         sw = self.switch
@@ -226,7 +228,7 @@ class ControlApi:
         if not isinstance(body, dict):
             raise DeployError('the body is {"match": PATTERN, "app": NAME} (and "index": N to insert)')
         index = body.pop("index", None)
-        if index is not None and not isinstance(index, int):
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
             raise DeployError("index must be an integer")
         return web.json_response({"routes": await self._store().add_route(body, index)})
 

@@ -136,3 +136,24 @@ def test_non_loopback_control_needs_a_token() -> None:
         load(None, {"control": "0.0.0.0:5080"})
     assert load(None, {"control": "off"}).control_addr is None
     assert load(None, {}).control_addr == ("127.0.0.1", 5080)
+
+
+def test_malformed_bodies_get_4xx_never_500(tmp_path: Path) -> None:
+    deep = b"[" * 100000 + b"]" * 100000  # past json's recursion limit, within no size limit
+    bodies: list[tuple[str, str, bytes]] = [
+        ("PUT", "/apps/x", b"[" * 20000 + b"]" * 20000),
+        ("POST", "/routes", b'{"match": ' + b"[" * 20000 + b"]" * 20000 + b', "app": "sales"}'),
+        ("PUT", "/routes", b'{"routes": 5}'),
+        ("POST", "/routes", b'{"match": "1*", "app": "sales", "index": true}'),
+        ("POST", "/routes", b'{"match": 7, "app": ["sales"]}'),
+        ("PUT", "/apps/x", b'{"url": 1, "commit": null}'),
+        ("PUT", "/apps/x", deep),
+    ]
+
+    async def check(http: aiohttp.ClientSession) -> None:
+        for method, path, data in bodies:
+            r = await http.request(method, path, data=data, headers={"Content-Type": "application/json"})
+            answer = await r.json()
+            assert 400 <= r.status < 500 and "error" in answer, (method, path, data[:40], r.status, answer)
+
+    asyncio.run(with_api(tmp_path, check))
