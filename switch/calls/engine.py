@@ -194,7 +194,7 @@ class CallEngine:
         elif method == "BYE" or method in ("INFO", "UPDATE"):
             self._reply(txn, request, 481)
         elif method == "REGISTER" and self.registrar.enabled:
-            self.sip.send_response(txn, self.registrar.handle(request, txn.addr))
+            self.sip.send_response(txn, self.registrar.handle(request, txn.addr, over_tcp=txn.reliable))
         elif method in KNOWN_NOT_ALLOWED:
             self._reply(txn, request, 405, headers={"allow": self.ALLOW})
         else:

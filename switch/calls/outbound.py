@@ -63,12 +63,20 @@ class OutboundLeg(Leg):
         self.txn = self.engine.sip.send_request(self.invite, self.addr)
         self.txn.user = self  # type: ignore[attr-defined]
 
+    @property
+    def over_tcp(self) -> bool:
+        """The callee is reached over a TCP connection it opened (it registered over TCP):
+        our Via, Contact and every request of the dialog go over that connection."""
+        return self.addr in self.engine.sip.streams
+
     def _build_invite(self, body: bytes) -> SipRequest:
-        contact = self.engine.contact_for(self.local_ip)
+        tcp = self.over_tcp
+        contact = self.engine.contact_for(self.local_ip, tcp=tcp)
         from_user = (self.caller.sip_uri.user if self.caller else None) or "softswitch"
         display = f'"{self.caller.display}" ' if self.caller and self.caller.display else ""
         headers: dict[str, list[str]] = {
-            "via": [f"SIP/2.0/UDP {self.engine.via_sent_by(self.local_ip)};branch={new_branch()};rport"],
+            "via": [f"SIP/2.0/{'TCP' if tcp else 'UDP'} {self.engine.via_sent_by(self.local_ip)};"
+                    f"branch={new_branch()};rport"],
             "max-forwards": ["70"],
             "from": [f"{display}<sip:{from_user}@{self.local_ip}>;tag={self.local_tag}"],
             "to": [f"<{self.target}>"],
@@ -170,7 +178,9 @@ class OutboundLeg(Leg):
             else:
                 self._refuse_fork(response)
             return
-        self.dialog = Dialog.as_uac(self.invite, response, self.engine.contact_for(self.local_ip))
+        self.dialog = Dialog.as_uac(self.invite, response, self.engine.contact_for(self.local_ip, tcp=self.over_tcp))
+        if self.over_tcp:  # ACK and BYE go over the callee's connection too
+            self.dialog.transport, self.dialog.connection = "TCP", self.addr
         self._send_ack()
         if self.state is LegState.ENDED:
             # Answered after we gave up (CANCEL crossed the 200): end it properly.

@@ -52,13 +52,16 @@ class Binding:
     contact: str  # the Contact URI
     source: Addr  # where the REGISTER came from (used when the phone is behind NAT)
     expires_at: float
+    over_tcp: bool = False  # the REGISTER came over a TCP connection: calls reuse it
 
     def target(self) -> tuple[SipUri, Addr]:
-        """Where to send a call: the Contact, or its REGISTER's source address when the
+        """Where to send a call: over the phone's own connection if it registered over
+        TCP (RFC 5626 flow reuse: behind NAT nothing else reaches it, and its Contact says
+        ;transport=tcp); else the Contact, or its REGISTER's source address when the
         Contact names another host (a phone behind NAT advertising its private address)."""
         uri = SipUri.parse(self.contact)
         host = uri.host.strip("[]")
-        if host != self.source[0]:
+        if self.over_tcp or host != self.source[0]:
             return uri, self.source
         return uri, (host, uri.port or 5060)
 
@@ -126,8 +129,8 @@ class Registrar:
         return live
 
     # ------------------------------------------------------------------ REGISTER
-    def handle(self, request: SipRequest, source: Addr) -> SipResponse:
-        """The response to a REGISTER from ``source``."""
+    def handle(self, request: SipRequest, source: Addr, over_tcp: bool = False) -> SipResponse:
+        """The response to a REGISTER from ``source`` (a TCP connection if ``over_tcp``)."""
         try:
             aor = NameAddr.parse(request.headers["to"][0]).sip_uri
         except (UriError, ValueError, KeyError):
@@ -163,9 +166,9 @@ class Registrar:
             return self._challenge(request, stale=True)
         if username != user:
             return make_response(request, 403, "Forbidden (the account may only register itself)")
-        return self._update(request, user, source)
+        return self._update(request, user, source, over_tcp)
 
-    def _update(self, request: SipRequest, user: str, source: Addr) -> SipResponse:
+    def _update(self, request: SipRequest, user: str, source: Addr, over_tcp: bool = False) -> SipResponse:
         now = self.clock()
         contacts = request.get_all("contact")
         header_expires = request.get("expires")
@@ -186,7 +189,7 @@ class Registrar:
             expires = min(expires, MAX_EXPIRES)
             current = [b for b in current if b.contact != contact.uri]
             if expires > 0:
-                current.append(Binding(contact.uri, source, now + expires))
+                current.append(Binding(contact.uri, source, now + expires, over_tcp))
         if current:
             self.bindings[user] = current
         else:

@@ -12,6 +12,7 @@ from switch.sip.uri import SipUri
 class FakeSip:
     def __init__(self):
         self.stateless, self.requests = [], []
+        self.streams = {}  # no TCP connections: the callee is reached over UDP
 
     def send_stateless(self, msg, addr):
         self.stateless.append(msg)
@@ -26,7 +27,7 @@ def make_leg():
     sip = FakeSip()
     engine = SimpleNamespace(
         loop=loop, sip=sip, ALLOW="INVITE, ACK, BYE", local_ip_for=lambda host: "127.0.0.1",
-        contact_for=lambda ip: f"<sip:{ip}:5070>", via_sent_by=lambda ip: f"{ip}:5070",
+        contact_for=lambda ip, tcp=False: f"<sip:{ip}:5070>", via_sent_by=lambda ip: f"{ip}:5070",
         dialog_established=lambda leg: None, forget=lambda leg: None,
     )
     leg = OutboundLeg(engine, SipUri.parse("sip:1000@127.0.0.1:5090"), ("127.0.0.1", 5090), None, ("PCMU", "PCMA"))

@@ -141,3 +141,14 @@ def test_a_forged_nonce_gets_a_plain_challenge_and_the_digest_uri_must_match():
     ch = challenge_of(reg.handle(register(), SOURCE))
     other = reg.handle(register(auth=answer(ch, "alice", "s3cret", uri="sip:elsewhere")), SOURCE)
     assert other.status == 400
+
+
+def test_a_phone_registered_over_tcp_is_called_over_its_connection():
+    # RFC 5626-style flow reuse: the REGISTER's connection, not a new UDP flow to the Contact
+    reg = Registrar({"alice": "s3cret"}, realm="pbx", clock=Clock())
+    conn = ("127.0.0.1", 40123)
+    ch = challenge_of(reg.handle(register(), conn, over_tcp=True))
+    reg.handle(register(contact="<sip:alice@127.0.0.1:5070;transport=tcp>", auth=answer(ch, "alice", "s3cret")),
+               conn, over_tcp=True)
+    uri, addr = reg.lookup("alice")[0].target()
+    assert str(uri) == "sip:alice@127.0.0.1:5070;transport=tcp" and addr == conn

@@ -1,0 +1,93 @@
+"""A phone registered over TCP is called over that connection (RFC 5626-style flow reuse).
+
+Behind NAT nothing but its own connection reaches such a phone, and its Contact says
+`;transport=tcp` with the connection's local port: an INVITE sent over UDP to the Contact
+never rings it. Here the test is the phone: it registers alice over one TCP connection
+(digest auth), a SIPp caller dials alice through the seed's bridge app over UDP, and the
+INVITE, the ACK and the relayed BYE must all arrive over the phone's connection, with a
+TCP Via."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+
+import pytest
+
+from .harness import LOCALHOST, RtpSink, free_tcp_port, stop_clean
+from .test_tcp_framing import TcpPhone, header, status
+
+pytestmark = pytest.mark.e2e
+
+
+def register_over_tcp(phone: TcpPhone, realm: str, user: str, password: str) -> str:
+    h, port = phone.target
+    ruri = f"sip:{h}:{port}"
+    phone.request("REGISTER", ruri, 1, to_user=user, extra=("Expires: 300",))
+    [challenge] = phone.responses("REGISTER")
+    assert status(challenge) == 401, challenge
+    nonce = re.search(r'nonce="([^"]+)"', header(challenge, "WWW-Authenticate") or "")
+    assert nonce, challenge
+    nc, cnonce = "00000001", uuid.uuid4().hex[:8]
+    ha1 = hashlib.md5(f"{user}:{realm}:{password}".encode()).hexdigest()  # noqa: S324 - RFC 2617 MD5
+    ha2 = hashlib.md5(f"REGISTER:{ruri}".encode()).hexdigest()  # noqa: S324
+    digest = hashlib.md5(f"{ha1}:{nonce.group(1)}:{nc}:{cnonce}:auth:{ha2}".encode()).hexdigest()  # noqa: S324
+    auth = (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce.group(1)}", '
+            f'uri="{ruri}", response="{digest}", algorithm=MD5, qop=auth, nc={nc}, cnonce="{cnonce}"')
+    phone.request("REGISTER", ruri, 2, to_user=user, extra=("Expires: 300", auth))
+    [ok] = phone.responses("REGISTER")
+    assert status(ok) == 200, ok
+    return ok
+
+
+def next_request(phone: TcpPhone, method: str, timeout: float = 10.0) -> str:
+    """The next request from the switch on the phone's connection."""
+    msg = phone.read(timeout)
+    while msg is not None and msg.startswith("SIP/2.0 "):
+        msg = phone.read(timeout)
+    assert msg is not None and msg.startswith(f"{method} "), f"wanted {method}, got {msg!r}"
+    return msg
+
+
+def reply(phone: TcpPhone, request: str, code: str, to_tag: str | None = None, body: str = "") -> None:
+    head = request.split("\r\n\r\n", 1)[0]
+    vias = re.findall(r"^Via:.*$", head, re.M | re.I)
+    to = header(request, "To") or ""
+    if to_tag and ";tag=" not in to:
+        to += f";tag={to_tag}"
+    lh, lp = phone.addr
+    lines = [f"SIP/2.0 {code}", *vias, f"From: {header(request, 'From')}", f"To: {to}",
+             f"Call-ID: {header(request, 'Call-ID')}", f"CSeq: {header(request, 'CSeq')}",
+             f"Contact: <sip:alice@{lh}:{lp};transport=tcp>"]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body.encode())}")
+    phone.sock.sendall(("\r\n".join(lines) + "\r\n\r\n" + body).encode())
+
+
+def test_a_phone_registered_over_tcp_is_called_over_its_connection(switch, bridge_app, sipp_bg, tmp_path):
+    config = tmp_path / "accounts.toml"
+    config.write_text('realm = "e2e"\n[users]\nalice = "s3cret"\n')
+    sw = switch(bridge_app(), ["--config", str(config), "--control", f"{LOCALHOST}:{free_tcp_port()}"])
+    phone = TcpPhone(sw.sip_addr)
+    with RtpSink() as callee_media:
+        try:
+            register_over_tcp(phone, "e2e", "alice", "s3cret")
+            caller = sipp_bg("uac_hangup", sw, service="alice", pause_ms=1500, timeout=20)
+            invite = next_request(phone, "INVITE")
+            assert re.search(r"^Via: SIP/2\.0/TCP ", invite, re.M), invite
+            assert ";transport=tcp" in (header(invite, "Contact") or ""), invite
+            sdp = (f"v=0\r\no=alice 1 1 IN IP4 {LOCALHOST}\r\ns=-\r\nc=IN IP4 {LOCALHOST}\r\nt=0 0\r\n"
+                   f"m=audio {callee_media.port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+            reply(phone, invite, "180 Ringing", to_tag="alice1")
+            reply(phone, invite, "200 OK", to_tag="alice1", body=sdp)
+            next_request(phone, "ACK")  # over the same connection, not a new UDP flow
+            bye = next_request(phone, "BYE")  # the caller hung up: relayed to us, here
+            reply(phone, bye, "200 OK")
+            res = caller.wait()
+            assert res.ok, res.describe()
+            assert res.received("INVITE", 200), res.describe()
+        finally:
+            phone.close()
+    stop_clean(sw)
