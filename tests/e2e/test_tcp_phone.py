@@ -9,14 +9,12 @@ TCP Via."""
 
 from __future__ import annotations
 
-import hashlib
 import re
-import uuid
 
 import pytest
 
 from .harness import LOCALHOST, RtpSink, free_tcp_port, stop_clean
-from .test_tcp_framing import TcpPhone, header, status
+from .test_tcp_framing import TcpPhone, digest_authorization, header, status
 
 pytestmark = pytest.mark.e2e
 
@@ -29,12 +27,7 @@ def register_over_tcp(phone: TcpPhone, realm: str, user: str, password: str) -> 
     assert status(challenge) == 401, challenge
     nonce = re.search(r'nonce="([^"]+)"', header(challenge, "WWW-Authenticate") or "")
     assert nonce, challenge
-    nc, cnonce = "00000001", uuid.uuid4().hex[:8]
-    ha1 = hashlib.md5(f"{user}:{realm}:{password}".encode()).hexdigest()  # noqa: S324 - RFC 2617 MD5
-    ha2 = hashlib.md5(f"REGISTER:{ruri}".encode()).hexdigest()  # noqa: S324
-    digest = hashlib.md5(f"{ha1}:{nonce.group(1)}:{nc}:{cnonce}:auth:{ha2}".encode()).hexdigest()  # noqa: S324
-    auth = (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce.group(1)}", '
-            f'uri="{ruri}", response="{digest}", algorithm=MD5, qop=auth, nc={nc}, cnonce="{cnonce}"')
+    auth = digest_authorization(user, realm, password, "REGISTER", ruri, nonce.group(1))
     phone.request("REGISTER", ruri, 2, to_user=user, extra=("Expires: 300", auth))
     [ok] = phone.responses("REGISTER")
     assert status(ok) == 200, ok
