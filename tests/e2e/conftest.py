@@ -45,12 +45,14 @@ def app_dir(tmp_path: Path) -> Callable[[str], Path]:
 def switch_factory(
     request: pytest.FixtureRequest, tmp_path: Path, app_dir: Callable[[str], Path]
 ) -> Iterator[Callable[..., SwitchProcess]]:
-    """switch_factory("greeting", extra_args=()) -> a started SwitchProcess (ready: it
+    """switch_factory("greeting", extra_args=()) -> a started SwitchProcess (app None: the
+    installed apps instead of --app; ready: it
     answered OPTIONS). At teardown each is stopped with SIGTERM and must exit 0 in 10 s."""
     started: list[SwitchProcess] = []
 
-    def make(app: str | Path, extra_args: Sequence[str] = (), **kw: object) -> SwitchProcess:
-        d = Path(app) if Path(app).is_dir() else app_dir(str(app))
+    def make(app: str | Path | None, extra_args: Sequence[str] = (), **kw: object) -> SwitchProcess:
+        # None: no --app, the installed apps (and routes) serve the calls
+        d = None if app is None else Path(app) if Path(app).is_dir() else app_dir(str(app))
         sw = SwitchProcess(d, extra_args, workdir=tmp_path / f"switch{len(started)}", **kw)  # type: ignore[arg-type]
         started.append(sw)
         return sw.start()

@@ -110,7 +110,7 @@ def control_addr(sw: SwitchProcess) -> str:
     return args[args.index("--control") + 1]
 
 
-def start_switch(switch: Callable[..., SwitchProcess], app: str | Path, *args: str, **kw: Any) -> SwitchProcess:
+def start_switch(switch: Callable[..., SwitchProcess], app: str | Path | None, *args: str, **kw: Any) -> SwitchProcess:
     """The switch with its control API on a free port (picked again if it was taken
     between the pick and the bind: other suites run on this host too)."""
     for attempt in range(3):
@@ -495,41 +495,6 @@ def test_a_task_computing_2s_delays_no_other_call(switch, sipp_bg, sinks):
 # --------------------------------------------------------------------------- 2. runaways
 
 
-class InstalledAppsSwitch(SwitchProcess):
-    """The harness's switch without --app: installed apps (with their commits) serve calls."""
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        i = cmd.index("--app")
-        del cmd[i:i + 2]
-        return cmd
-
-
-@pytest.fixture
-def installed_switch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., InstalledAppsSwitch]]:
-    started: list[InstalledAppsSwitch] = []
-
-    def start(*args: str) -> InstalledAppsSwitch:
-        sw = InstalledAppsSwitch("-", ["--control", f"{LOCALHOST}:{free_tcp_port()}", *args],
-                                 workdir=tmp_path / f"installed{len(started)}")  # fmt: skip
-        started.append(sw)
-        return sw.start()
-
-    yield start
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    errors = []
-    for sw in started:
-        if sw.returncode is None:
-            try:
-                sw.stop()
-            except AssertionError as e:
-                errors.append(str(e))
-        if failed:
-            print(sw.log_tail(80))
-    if errors:
-        pytest.fail("\n".join(errors), pytrace=False)
-
-
 def control_request(sw: SwitchProcess, method: str, path: str, body: object) -> dict[str, Any]:
     req = urllib.request.Request(f"http://{control_addr(sw)}{path}", data=json.dumps(body).encode(),
                                  method=method, headers={"Content-Type": "application/json"})  # fmt: skip
@@ -557,7 +522,7 @@ def git_repo_with(app: Path, repo: Path) -> str:
     return git("rev-parse", "HEAD")
 
 
-def test_runaway_scripts_are_stopped_after_their_cpu_budget(installed_switch, sipp_bg, sinks, tmp_path):
+def test_runaway_scripts_are_stopped_after_their_cpu_budget(switch, sipp_bg, sinks, tmp_path):
     """Next to 20 calls playing audio, two scripts spin forever catching whatever is thrown
     into their loops, one after answering, one before. With --task-cpu-seconds 1 each is
     stopped after ~1 s: BYE for the answered one, 500 for the other, and an ERROR line
@@ -565,7 +530,7 @@ def test_runaway_scripts_are_stopped_after_their_cpu_budget(installed_switch, si
     The 20 calls keep their RTP on time and end normally; the switch serves a new call."""
     app = prepare_app(APP, tmp_path / "apps")
     sha = git_repo_with(app, tmp_path / "repo")
-    sw = installed_switch("--js-workers", "2", "--task-cpu-seconds", "1")
+    sw = start_switch(switch, None, "--js-workers", "2", "--task-cpu-seconds", "1")  # installed apps
     control_request(sw, "PUT", "/apps/contained", {"source": "git", "url": str(tmp_path / "repo"), "commit": sha[:10]})
     control_request(sw, "PUT", "/routes", {"routes": [{"match": "*", "app": "contained"}]})
 

@@ -68,15 +68,6 @@ class AppRepo:
         return self.git("rev-parse", "--short", "HEAD")
 
 
-class InstalledAppsSwitch(SwitchProcess):
-    """The harness's switch, minus --app: installed apps and routes serve every call."""
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        i = cmd.index("--app")
-        del cmd[i : i + 2]
-        return cmd
-
 
 def free_tcp_port() -> int:
     with socket.socket() as s:
@@ -85,16 +76,17 @@ def free_tcp_port() -> int:
 
 
 @pytest.fixture
-def deploy(tmp_path: Path) -> Iterator[Callable[..., InstalledAppsSwitch]]:
+def deploy(tmp_path: Path) -> Iterator[Callable[..., SwitchProcess]]:
     """deploy(extra_args=()) -> a started switch with its own control port; every switch of
     a test shares one data dir (so a second one is a restart of the first)."""
     data = tmp_path / "data"
-    started: list[InstalledAppsSwitch] = []
+    started: list[SwitchProcess] = []
 
-    def start(extra_args: tuple[str, ...] = ()) -> InstalledAppsSwitch:
+    def start(extra_args: tuple[str, ...] = ()) -> SwitchProcess:
         control = f"127.0.0.1:{free_tcp_port()}"
-        sw = InstalledAppsSwitch("-", ["--data-dir", str(data), "--control", control, *extra_args],
-                                 workdir=tmp_path / f"switch{len(started)}")
+        # no --app: installed apps and routes serve every call
+        sw = SwitchProcess(None, ["--data-dir", str(data), "--control", control, *extra_args],
+                           workdir=tmp_path / f"switch{len(started)}")
         sw.control = control  # type: ignore[attr-defined]
         started.append(sw)
         return sw.start()
