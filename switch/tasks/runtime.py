@@ -20,11 +20,12 @@ Measured on the shared 2-core dev box (Python 3.11, quickjs-ng 0.17, greenlet 3.
 perf figures are printed by ``pytest tests/unit -k "tasks_perf or 1000" -s``):
 
 * task creation, from ``start()`` to blocked in ``ReadInput`` (500 tasks, a ~50-line
-  main.js with one ``require``): 0.85-1.05 ms. Breakdown: context + limits 0.14 ms,
-  16 callables 0.03 ms, prelude 0.42 ms (0.35 of it compiling: QuickJS compiles ~20 KB/ms,
-  i.e. ~0.2 us per token, and the binding has no bytecode cache, hence the compact,
-  data-driven prelude), app compile + run 0.13 ms, greenlet + loop the rest;
-* RSS per idle task blocked in ``ReadInput``: 247 KiB (VmRSS delta over 500 tasks);
+  main.js with one ``require``): 0.72 ms (2026-12-01; 0.85-1.05 ms when the prelude was
+  compiled per task). The prelude now runs from bytecode compiled once per process
+  (``engine.Bytecode``: 0.19 ms instead of 0.81 ms on a loaded box); most of what is left
+  is the binding's fresh JSRuntime + JSContext per task (0.15-0.35 ms) and compiling the
+  app's main.js;
+* RSS per idle task blocked in ``ReadInput``: 231 KiB (VmRSS delta over 500 tasks; 247 KiB before the bytecode prelude);
 * a verb crossing JS -> Python -> JS (``ThisTask()``): ~1 us; a raw greenlet switch out of
   a QuickJS callable and back: ~1 us (2.5 us with 20 JS frames on the stack);
   ``ReadInput`` suspend + timer + resume through the loop: 8-9 us; ``SendEvent`` +
