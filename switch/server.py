@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import time
 import logging
@@ -24,9 +25,10 @@ from media.session import MediaSession
 from .apps.store import AppStore
 from .calls.admission import Admission, LoopLagMonitor
 from .calls.bridge import Switchboard
-from .calls.engine import CallEngine, OutboundRoutes
-from .calls.inbound import InboundLeg
+from .calls.call import AppInfo, Call, TaskSink
+from .calls.engine import CallEngine
 from .calls.registrar import Registrar
+from .calls.routing import OutboundRoutes
 from .config import DEFAULT_APP, Config
 from .control.api import ControlApi
 from .sip.message import SipRequest
@@ -100,7 +102,7 @@ class Switch:
                                    tasks_available=lambda: self.tasks.available)
         self.engine = CallEngine(
             loop, self.sip, self.admission, self.playback,
-            open_media=self._open_media, start_call=self._start_call,
+            open_media=self._open_media, launch=self._launch,
             advertise=cfg.advertise or None,
             gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules),
             registrar=Registrar(cfg.users, cfg.realm, algorithms=tuple(cfg.digest_algorithms)),
@@ -149,7 +151,7 @@ class Switch:
 
     def _app_dirs_in_use(self) -> set[Path]:
         """App version directories live calls still use: never pruned under them."""
-        dirs = {leg.app_dir for leg in self.engine.legs.values() if leg.app_dir is not None}
+        dirs = {c.app.root for c in self.engine.calls.values() if c.app is not None and c.app.root is not None}
         dirs.update(t.app.root for t in self.tasks.tasks.values() if t.app is not None and t.app.root is not None)
         return dirs
 
@@ -181,19 +183,16 @@ class Switch:
             raise AppError(self.app_error or "no app")
         return self.app
 
-    def _start_call(self, leg: InboundLeg) -> str | None:
+    def _launch(self, call: Call) -> TaskSink:
+        """Start the task that runs ``Main()`` for a new call, in the app its INVITE
+        routes to. Raises CallError (the call gets 500) when no app or worker can."""
         try:
-            app = self.app_for(leg.invite)
+            app = self.app_for(call.ingress.invite)
         except AppError as exc:
-            return str(exc)
-        leg.app_dir = app.root
-        try:
-            task = self.tasks.start_task(app, "Main", leg=leg)
-        except CallError as exc:
-            return str(exc)
-        leg.task_id = task.tid
-        leg.notify = lambda event, tid=task.tid: self.tasks.post(tid, event)
-        return None
+            raise CallError(str(exc)) from None
+        call.app = AppInfo(app.name, app.version, app.root)
+        task = self.tasks.start_task(app, "Main", leg=call.control(call.ingress))
+        return TaskSink(task.tid, functools.partial(self.tasks.post, task.tid))
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
@@ -211,10 +210,9 @@ class Switch:
         if self.control is not None:  # no installs while draining
             await self.control.stop()
         self.admission.draining = True
-        self.engine.hang_up_all("switch shutting down")
-        deadline = self.loop.time() + DRAIN_TIMEOUT
-        while self.engine.live_calls() and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        ending = self.engine.stop_all("switch shutting down")
+        if ending:  # every call's dialogs finished (BYEs answered), or the deadline
+            await asyncio.wait(ending, timeout=DRAIN_TIMEOUT)
         await self.tasks.shutdown()
         self.lag.stop()
         if self.watchdog is not None:

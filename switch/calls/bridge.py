@@ -1,8 +1,9 @@
 """Bridges: the seed's ingress/egress pattern, and the switchboard the JS verbs call.
 
-A ``Bridge`` is offered by the ingress task (``StartBridge(tid)``) to an egress task,
-which places the outbound call (``StartBridgedCall``). The rules, chosen so no leg
-or task is ever left behind whatever the scripts do:
+A ``Bridge`` belongs to one ``Call``: it is offered by the call's ingress task
+(``StartBridge(tid)``) to an egress task, which places the outbound leg
+(``StartBridgedCall``) into the same call. The rules, chosen so no leg or task is ever
+left behind whatever the scripts do:
 
 - the callee's ringing reaches the caller by itself: 180 becomes our 180 (unless one
   was sent), a 183 with SDP becomes our 183 with SDP and its early media is relayed;
@@ -10,7 +11,9 @@ or task is ever left behind whatever the scripts do:
   both ways (``media.relay``);
 - the bridge breaks when either task calls ``BreakBridge``/``RejectBridge``, when
   either leg ends, or when either task ends; breaking stops the relay, cancels an
-  unanswered outbound call, and gives the *other* task one ``BreakBridge`` event;
+  unanswered outbound leg, and gives the *other* task one ``BreakBridge`` event; when
+  the caller's leg ends the whole call stops (``Call.stop``), so an answered callee is
+  hung up too;
 - the callee's final failure status is kept (``failure_status``) so that an ingress
   that then calls ``Disconnect()`` passes it on (486 stays 486). A callee we cancelled
   ourselves (app timeout) is not a callee failure: the caller gets 480.
@@ -21,14 +24,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import TYPE_CHECKING
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from media.relay import MediaRelay
 
-from ..sip.uri import NameAddr
 from ..tasks import events
 from ..tasks.boundary import BridgingTask, CallControl, CallError
+from .call import Call, LegControl, TaskSink
 from .inbound import InboundLeg
 from .leg import Leg, LegState
 from .outbound import OutboundLeg
@@ -42,10 +45,11 @@ _ids = itertools.count(1)
 
 
 class Bridge:
-    def __init__(self, board: Switchboard, ingress: InboundLeg, ingress_tid: int, egress_tid: int) -> None:
+    def __init__(self, board: Switchboard, call: Call, ingress_tid: int, egress_tid: int) -> None:
         self.board = board
+        self.call = call
         self.id = f"b{next(_ids)}"
-        self.ingress = ingress
+        self.ingress = call.ingress
         self.ingress_tid = ingress_tid
         self.egress_tid = egress_tid
         self.egress: OutboundLeg | None = None
@@ -57,29 +61,31 @@ class Bridge:
         return f"<Bridge {self.id} {self.ingress_tid}->{self.egress_tid}{' broken' if self.broken else ''}>"
 
     # ------------------------------------------------------------------ from the callee
-    def callee_progress(self, leg: OutboundLeg, status: int, early_media: bool) -> None:
+    def callee_progress(self, status: int, early_media: bool) -> None:
         ingress = self.ingress
         if self.broken or ingress.ended or ingress.answered:
             return
-        if early_media and ingress.offer is not None:
+        if early_media and ingress.sdp.remote_offer is not None:
             self.board.spawn(self._early_media(), f"early media {self.id}")
         elif ingress.state is LegState.INCOMING:
-            ingress.provision()
+            ingress.provision(self.call.now())
+            self.call.pump(ingress)
 
     async def _early_media(self) -> None:
-        await self.ingress._open_media()
-        if not self.broken and not self.ingress.ended and not self.ingress.answered:
-            self.ingress.send_early_media()
-            self.try_join()
-
-    def callee_answered(self, leg: OutboundLeg) -> None:
-        if self.broken:
+        try:
+            await self.call.early_media(self.ingress, "early media")
+        except CallError as exc:
+            logger.info("bridge %s: no early media for the caller (%s)", self.id, exc)
             return
-        self.board.spawn(self._answer_ingress(), f"answer {self.id}")
+        self.try_join()
+
+    def callee_answered(self) -> None:
+        if not self.broken:
+            self.board.spawn(self._answer_ingress(), f"answer {self.id}")
 
     async def _answer_ingress(self) -> None:
         try:
-            await self.ingress.accept()
+            await self.call.answer(self.ingress)
         except CallError as exc:
             logger.info("bridge %s: caller gone before the answer (%s)", self.id, exc)
             self.break_(None, None, "caller gone")
@@ -91,16 +97,19 @@ class Bridge:
         a, b = self.ingress, self.egress
         if self.broken or self.relay is not None or b is None:
             return
-        if a.media is None or b.media is None or a.params is None or b.params is None:
+        media_a, media_b = self.call.media.get(a), self.call.media.get(b)
+        if media_a is None or media_b is None or a.sdp.params is None or b.sdp.params is None:
             return
-        self.relay = MediaRelay(a.media, b.media)
-        logger.debug("bridge %s: media joined (%s <-> %s)", self.id, a.params.codec, b.params.codec)
+        self.relay = MediaRelay(media_a, media_b)
+        logger.debug("bridge %s: media joined (%s <-> %s)", self.id, a.sdp.params.codec, b.sdp.params.codec)
 
     # ------------------------------------------------------------------ ending
     def leg_ended(self, leg: Leg) -> None:
         """A leg ended: its own task hears of it from the leg (Disconnect), the other
         task gets BreakBridge."""
-        if leg is self.egress and leg.end_status is not None and leg.end_status >= 300:
+        if leg is not self.ingress and leg is not self.egress:
+            return
+        if isinstance(leg, OutboundLeg) and leg.end_status is not None and leg.end_status >= 300:
             if not leg.cancelled_by_us:
                 self.failure_status = leg.end_status
         owner = self.ingress_tid if leg is self.ingress else self.egress_tid
@@ -118,7 +127,7 @@ class Bridge:
             self.relay = None
         egress = self.egress
         if egress is not None and not egress.ended and not egress.answered:
-            egress.hang_up(None, "bridge broken")
+            self.call.hang_up(egress, None, "bridge broken")
         event = events.break_bridge(status, reason)
         for tid in (self.ingress_tid, self.egress_tid):
             if tid != by_tid:
@@ -129,19 +138,19 @@ class Bridge:
 class Switchboard:
     """Implements ``switch.tasks.boundary.Switchboard`` on top of the call engine."""
 
-    def __init__(self, engine: CallEngine, post: Callable[[int, dict], bool]) -> None:
+    def __init__(self, engine: CallEngine, post: Callable[[int, events.Event], bool]) -> None:
         self.engine = engine
         self.post = post
         self.bridges: dict[str, Bridge] = {}
         self._by_tid: dict[int, Bridge] = {}
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
-    def spawn(self, coro, what: str) -> None:  # type: ignore[no-untyped-def]
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         task = self.engine.loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(lambda t: self._reap(t, what))
 
-    def _reap(self, task: asyncio.Task, what: str) -> None:
+    def _reap(self, task: asyncio.Task[None], what: str) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s failed", what, exc_info=task.exception())
@@ -154,50 +163,38 @@ class Switchboard:
 
     # ------------------------------------------------------------------ the verbs
     def start_bridge(self, task: BridgingTask, leg: CallControl, target: int) -> None:
-        if not isinstance(leg, InboundLeg):
+        if not isinstance(leg, LegControl) or not isinstance(leg.leg, InboundLeg):
             raise CallError("StartBridge: only an inbound call can be bridged")
-        if leg.ended:
-            raise CallError(f"StartBridge: the call has ended ({leg.end_reason})")
-        if leg.bridge is not None and not leg.bridge.broken:
+        call = leg.call
+        if leg.leg.ended or call.stopping:
+            raise CallError(f"StartBridge: the call has ended ({leg.leg.end_reason or call.stop_reason})")
+        if call.bridge is not None and not call.bridge.broken:
             raise CallError("StartBridge: this call is already bridged")
-        bridge = Bridge(self, leg, task.tid, target)
+        bridge = Bridge(self, call, task.tid, target)
         if not self.post(target, events.bridge_offer(bridge.id, task.tid)):
             raise CallError(f"StartBridge: no task {target}")
-        leg.bridge = bridge
+        call.bridge = bridge
         self.bridges[bridge.id] = bridge
         self._by_tid[task.tid] = bridge
         self._by_tid[target] = bridge
 
-    async def start_bridged_call(self, task: BridgingTask, dest: str, handle: dict) -> None:
+    async def start_bridged_call(self, task: BridgingTask, dest: str, handle: dict[str, Any]) -> None:
         bridge = self._bridge_for(task, handle, "StartBridgedCall")
         if bridge.egress is not None:
             raise CallError("StartBridgedCall: this bridge already has a call")
         try:
-            target, addr = self.engine.route(dest)
+            target, addr = self.engine.router.route(dest)
         except CallError as exc:
             bridge.failure_status = exc.status  # the caller hears why (404: no such user)
             raise
-        ingress = bridge.ingress
-        # Offer the caller's codec first: when the callee takes it, payloads pass through.
-        codecs = ("PCMA", "PCMU") if ingress.codec() == "PCMA" else ("PCMU", "PCMA")
-        caller = NameAddr.parse(ingress.invite.headers["from"][0])
-        leg = OutboundLeg(self.engine, target, addr, caller, codecs)
-        leg.bridge = bridge
-        leg.app_dir = ingress.app_dir
-        leg.task_id = task.tid
-        leg.notify = task.post
-        bridge.egress = leg
-        task.attach_leg(leg)
-        self.engine.register(leg)
-        try:
-            await leg.start()
-        except CallError:
-            raise
-        except Exception as exc:
-            leg._end(f"cannot place the call: {exc}", 500)
-            raise CallError(f"StartBridgedCall: cannot call {target}: {exc}") from exc
+        call = bridge.call
+        leg = call.add_egress(bridge, target, addr, TaskSink(task.tid, task.post))
+        # The task owns the leg from the start: IsConnected() and Disconnect() see it
+        # while the INVITE is being placed.
+        task.attach_leg(call.control(leg))
+        await call.dial(leg)
 
-    def reject_bridge(self, task: BridgingTask, handle: dict) -> None:
+    def reject_bridge(self, task: BridgingTask, handle: dict[str, Any]) -> None:
         bridge = self.bridges.get(str(handle.get("bridge")))
         if bridge is None:
             return  # already broken (e.g. the callee failed or the caller hung up): nothing to do
@@ -215,7 +212,7 @@ class Switchboard:
         if bridge is not None:
             bridge.break_(task.tid, bridge.failure_status, "broken by app")
 
-    def _bridge_for(self, task: BridgingTask, handle: dict, verb: str) -> Bridge:
+    def _bridge_for(self, task: BridgingTask, handle: dict[str, Any], verb: str) -> Bridge:
         bridge = self.bridges.get(str(handle.get("bridge")))
         if bridge is None:
             raise CallError(f"{verb}: the bridge is gone (the caller hung up or it was broken)")

@@ -1,8 +1,17 @@
 """The call engine: the user-agent core of the B2BUA (RFC 3261 §8.2, §12, §15).
 
-It receives what the transaction layer reports, decides what each request
-means (a new call, a request inside a dialog, a probe, garbage), admits or
-sheds new calls, and hands each admitted INVITE to a leg and a JS task.
+It is the only part of ``switch/calls`` that touches the SIP transport. It receives
+what the transaction layer reports, decides what each request means (a new call, a
+request inside a dialog, a probe, garbage), admits or sheds new calls, and routes
+everything else to the leg it belongs to through three indexes:
+
+* dialogs (Call-ID, local tag, remote tag) -> leg, for in-dialog requests and ACKs;
+* INVITE server transactions -> inbound leg, for CANCEL and the ACK timeout;
+* client transactions -> (leg, method), for the answers to what a leg sent.
+
+Each input goes to the leg, then the leg's ``Call`` pumps it (``Call.pump``): the
+leg's queued messages come back here (``transmit``) and its happenings go to the call.
+A leg is forgotten (``forget``) when its call retires it; a call when its last leg is.
 """
 
 from __future__ import annotations
@@ -10,36 +19,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from media.playback import PlaybackCache
-from media.sdp import NoCommonCodec, SessionDescription, answer_offer
+from media.ports import NoRtpPorts
+from media.session import MediaSession
 
 from ..sip.events import AckReceived, AckTimedOut, RequestReceived, ResponseReceived, SipEvent, TransactionTimedOut
 from ..sip.message import SipRequest, make_response
-from ..sip.transaction import InviteServerTransaction, ServerTransaction
+from ..sip.transaction import ClientTransaction, InviteServerTransaction, ServerTransaction
 from ..sip.transport import SipTransport
-from ..tasks import events
-from .admission import Admission
-from ..sip.dialog import uri_address
-from ..sip.uri import NameAddr, SipUri, UriError
+from ..sip.uri import SipUri
 from ..tasks.boundary import CallError
+from .admission import Admission
+from .call import Call, TaskSink
 from .inbound import InboundLeg
+from .leg import ALLOW, KNOWN_NOT_ALLOWED, Leg, Local, Respond, Send
+from .offer_answer import SDP, OfferAnswerError, parse_offer
 from .registrar import Registrar
-from .leg import Leg
+from .routing import OutboundRoutes, Router
 
 logger = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 
-# Methods we implement, and methods we know but refuse (405 rather than 501, RFC 3261 §21.4.6).
-ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE")
-KNOWN_NOT_ALLOWED = frozenset(("REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "PRACK"))
-
 
 class CallEngine:
-    ALLOW = ", ".join(ALLOWED)
+    ALLOW = ALLOW
 
     def __init__(
         self,
@@ -47,8 +53,8 @@ class CallEngine:
         sip: SipTransport,
         admission: Admission,
         playback: PlaybackCache,
-        open_media: Callable[[str], Any],
-        start_call: Callable[[InboundLeg], str | None],
+        open_media: Callable[[str], Awaitable[MediaSession]],
+        launch: Callable[[Call], TaskSink],
         advertise: str | None = None,
         gateways: OutboundRoutes | None = None,
         registrar: Registrar | None = None,
@@ -57,82 +63,35 @@ class CallEngine:
         self.sip = sip
         self.admission = admission
         self.playback = playback
-        self.open_media = open_media  # async (call_id) -> MediaSession
-        self._start_call = start_call  # picks the app, starts the task; returns an error text or None
+        self._open_media = open_media  # async (call_id) -> MediaSession; raises NoRtpPorts
+        self._launch = launch  # picks the app and starts the call's task; raises CallError
         self.advertise = advertise
-        self.gateways = gateways or OutboundRoutes()
         self.registrar = registrar or Registrar({})
+        self.router = Router(gateways or OutboundRoutes(), self.registrar, self._is_us)
         self._route_cache: dict[str, str] = {}
-        self.legs: dict[str, Leg] = {}  # live legs (both directions) by Call-ID + local tag
+        self.calls: dict[str, Call] = {}  # live calls by their ingress leg's key
+        self.legs: dict[Leg, Call] = {}  # live legs (both directions) -> their call
         self._dialogs: dict[tuple[str, str, str], Leg] = {}
-        self._by_invite: dict[int, InboundLeg] = {}  # id(INVITE server txn) -> leg, for CANCEL
+        self._invites: dict[InviteServerTransaction, InboundLeg] = {}
+        self._client: dict[ClientTransaction, tuple[Leg, str]] = {}
+        self._txns_of: dict[Leg, list[ClientTransaction]] = {}
         self.calls_started = 0
         sip.user = self
 
     # ------------------------------------------------------------------ addressing
-    def local_ip_for(self, peer_host: str) -> str:
-        """The address a peer can reach us at (Contact, Via, SDP): the configured
+    def local_for(self, peer_host: str) -> Local:
+        """How a leg to ``peer_host`` names us (Contact, Via, SDP): the configured
         advertise address, the listen address, or the interface that routes to it."""
-        if self.advertise:
-            return self.advertise
-        ip = self._route_cache.get(peer_host)
-        if ip is None:
-            ip = self._route_cache[peer_host] = local_ip_towards(peer_host, self.sip.local_addr[0])
-        return ip
+        ip = self.advertise
+        if not ip:
+            ip = self._route_cache.get(peer_host)
+            if ip is None:
+                ip = self._route_cache[peer_host] = local_ip_towards(peer_host, self.sip.local_addr[0])
+        return Local(ip, self.sip.local_addr[1])
 
-    def contact_for(self, local_ip: str, tcp: bool = False) -> str:
-        return f"<sip:{local_ip}:{self.sip.local_addr[1]}{';transport=tcp' if tcp else ''}>"
-
-    def via_sent_by(self, local_ip: str) -> str:
-        return f"{local_ip}:{self.sip.local_addr[1]}"
-
-    # ------------------------------------------------------------------ registry
-    def register(self, leg: Leg) -> None:
-        self.legs[leg.key] = leg
-
-    def dialog_established(self, leg: Leg) -> None:
-        assert leg.dialog is not None
-        self._dialogs[leg.dialog.id] = leg
-
-    def forget(self, leg: Leg) -> None:
-        self.legs.pop(leg.key, None)
-        if isinstance(leg, InboundLeg):
-            self._by_invite.pop(id(leg.txn), None)
-        if leg.dialog is not None:
-            self._dialogs.pop(leg.dialog.id, None)
-
-    # ------------------------------------------------------------------ outbound routing
-    def route(self, dest: str) -> tuple[SipUri, Addr]:
-        """Where ``StartBridgedCall(dest)`` goes: the Request-URI and the address to send
-        to. ``dest`` is a SIP URI, a To header value (``"Bob" <sip:1000@host>``) or a bare
-        number/user. A URI that points at this switch, or a bare number, is routed by its
-        user part: a phone registered as that user first, then the configured gateways
-        (longest matching prefix, else the default gateway); any other URI is called
-        directly."""
-        text = dest.strip()
-        if ":" in text:
-            try:
-                uri = NameAddr.parse(text).sip_uri
-            except (UriError, ValueError):
-                raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number", 400) from None
-            if uri.scheme != "tel" and not self._is_us(uri):
-                direct = SipUri("sip", uri.user, uri.host, uri.port)
-                return direct, uri_address(direct)
-            user = uri.user or ""
-        else:
-            user = text
-        if not user or any(c in user for c in " <>@;"):
-            raise CallError(f"StartBridgedCall: {dest!r} has no user or number to route", 400)
-        bindings = self.registrar.lookup(user)
-        if bindings:
-            return bindings[-1].target()  # the most recent registration
-        gateway = self.gateways.gateway_for(user)
-        if gateway is None:
-            hint = " (not registered)" if self.registrar.enabled else ""
-            raise CallError(f"StartBridgedCall: no route for {user!r}{hint}: configure a gateway "
-                            "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)", 404)
-        target = SipUri("sip", user, gateway.host, gateway.port)
-        return target, uri_address(target)
+    def has_connection(self, addr: Addr) -> bool:
+        """A live TCP connection from that address (a phone registered over TCP)."""
+        return addr in self.sip.streams
 
     def _is_us(self, uri: SipUri) -> bool:
         # A To header usually has no port (RFC 3261 §19.1.1 keeps it out of To/From), so
@@ -143,38 +102,110 @@ class CallEngine:
         return host in ("127.0.0.1", "localhost", self.sip.local_addr[0], self.advertise) or (
             host in self._route_cache.values())
 
+    def route(self, dest: str) -> tuple[SipUri, Addr]:
+        return self.router.route(dest)
+
+    async def open_media(self, call_id: str) -> MediaSession:
+        try:
+            return await self._open_media(call_id)
+        except NoRtpPorts as exc:
+            raise CallError(str(exc), 503) from None
+
+    # ------------------------------------------------------------------ indexes
+    def adopt(self, call: Call, leg: Leg) -> None:
+        self.legs[leg] = call
+        if isinstance(leg, InboundLeg):
+            self._invites[leg.txn] = leg
+
+    def forget(self, leg: Leg) -> None:
+        self.legs.pop(leg, None)
+        if isinstance(leg, InboundLeg):
+            self._invites.pop(leg.txn, None)
+        if leg.dialog is not None and self._dialogs.get(leg.dialog.id) is leg:
+            del self._dialogs[leg.dialog.id]
+        for txn in self._txns_of.pop(leg, ()):
+            self._client.pop(txn, None)
+
+    def call_closed(self, call: Call) -> None:
+        self.calls.pop(call.ingress.key, None)
+
     def live_calls(self) -> int:
-        return len(self.legs)
+        return len(self.calls)
+
+    def transmit(self, leg: Leg) -> None:
+        """Send what ``leg`` queued; index its dialog once it has one."""
+        if leg.outbox:
+            sip = self.sip
+            for item in leg.take_outbox():
+                if isinstance(item, Respond):
+                    sip.send_response(item.transaction, item.response)
+                elif isinstance(item, Send):
+                    txn = sip.send_request(item.request, item.addr)
+                    if item.track:
+                        self._client[txn] = (leg, item.request.method)
+                        self._txns_of.setdefault(leg, []).append(txn)
+                else:
+                    sip.send_stateless(item.message, item.addr)
+        dialog = leg.dialog
+        if dialog is not None and leg in self.legs and dialog.id not in self._dialogs:
+            self._dialogs[dialog.id] = leg
+
+    def _pump(self, leg: Leg) -> None:
+        call = self.legs.get(leg)
+        if call is not None:
+            call.pump(leg)
 
     # ------------------------------------------------------------------ events from SIP
     def handle_sip_event(self, event: SipEvent) -> None:
+        now = self.loop.time()
         if isinstance(event, RequestReceived):
-            self._on_request(event.transaction, event.request)
+            self._on_request(event.transaction, event.request, now)
         elif isinstance(event, AckReceived):
             leg = self._dialog_leg(event.request)
-            if leg is not None:
-                leg.on_ack(event.request)
-        elif isinstance(event, (ResponseReceived, TransactionTimedOut)):
-            user = getattr(event.transaction, "user", None)
-            if user is not None:
-                user.on_response(event)
+            if isinstance(leg, InboundLeg):
+                leg.on_ack(event.request, now)
+                self._pump(leg)
+        elif isinstance(event, ResponseReceived):
+            txn, response = event.transaction, event.response
+            entry = self._client.get(txn)
+            if entry is None:
+                return
+            leg, method = entry
+            if response.status >= 200 and (method != "INVITE" or response.status >= 300):
+                self._untrack(txn, leg)  # done; a 2xx to an INVITE may be retransmitted
+            leg.on_response(method, response, now)
+            self._pump(leg)
+        elif isinstance(event, TransactionTimedOut):
+            entry = self._client.get(event.transaction)
+            if entry is not None:
+                leg, method = entry
+                self._untrack(event.transaction, leg)
+                leg.on_timeout(method, now)
+                self._pump(leg)
         elif isinstance(event, AckTimedOut):
-            leg = self._by_invite.get(id(event.transaction))
-            if leg is not None:
-                leg.on_ack_timeout()
+            inbound = self._invites.get(event.transaction)
+            if inbound is not None:
+                inbound.on_ack_timeout(now)
+                self._pump(inbound)
 
-    def _dialog_leg(self, request: SipRequest) -> InboundLeg | None:
+    def _untrack(self, txn: ClientTransaction, leg: Leg) -> None:
+        del self._client[txn]
+        txns = self._txns_of.get(leg)
+        if txns is not None:
+            txns.remove(txn)
+
+    def _dialog_leg(self, request: SipRequest) -> Leg | None:
         return self._dialogs.get((request.call_id, request.to_tag or "", request.from_tag or ""))
 
     def _reply(self, txn: ServerTransaction, request: SipRequest, status: int, reason: str | None = None,
-               headers: dict | None = None) -> None:
+               headers: dict[str, str | list[str]] | None = None) -> None:
         self.sip.send_response(txn, make_response(request, status, reason, to_tag=_stateless_tag(request),
                                                   headers=headers))
 
-    def _on_request(self, txn: ServerTransaction, request: SipRequest) -> None:
+    def _on_request(self, txn: ServerTransaction, request: SipRequest, now: float) -> None:
         method = request.method
         if request.to_tag:
-            self._on_in_dialog(txn, request)
+            self._on_in_dialog(txn, request, now)
             return
         max_forwards = request.get("max-forwards")
         if max_forwards is not None and max_forwards.strip() == "0" and method != "OPTIONS":
@@ -182,25 +213,25 @@ class CallEngine:
             return
         if method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
-            self._on_invite(txn, request)
+            self._on_invite(txn, request, now)
         elif method == "CANCEL":
-            self._on_cancel(txn, request)
+            self._on_cancel(txn, request, now)
         elif method == "OPTIONS":
             # Health probe (e.g. Kamailio's dispatcher): 503 while draining so it moves on.
             if self.admission.draining:
                 self._reply(txn, request, 503, headers={"retry-after": "30"})
             else:
-                self._reply(txn, request, 200, headers={"allow": self.ALLOW, "accept": "application/sdp"})
+                self._reply(txn, request, 200, headers={"allow": ALLOW, "accept": SDP})
         elif method == "BYE" or method in ("INFO", "UPDATE"):
             self._reply(txn, request, 481)
         elif method == "REGISTER" and self.registrar.enabled:
             self.sip.send_response(txn, self.registrar.handle(request, txn.addr, over_tcp=txn.reliable))
         elif method in KNOWN_NOT_ALLOWED:
-            self._reply(txn, request, 405, headers={"allow": self.ALLOW})
+            self._reply(txn, request, 405, headers={"allow": ALLOW})
         else:
-            self._reply(txn, request, 501, headers={"allow": self.ALLOW})
+            self._reply(txn, request, 501, headers={"allow": ALLOW})
 
-    def _on_in_dialog(self, txn: ServerTransaction, request: SipRequest) -> None:
+    def _on_in_dialog(self, txn: ServerTransaction, request: SipRequest, now: float) -> None:
         leg = self._dialog_leg(request)
         if leg is None:
             self._reply(txn, request, 481)
@@ -212,21 +243,25 @@ class CallEngine:
             return
         method = request.method
         if method == "BYE":
-            leg.on_bye(txn, request)
+            leg.on_bye(txn, request, now)
         elif method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
-            leg.on_reinvite(txn, request)
+            leg.on_reinvite(txn, request, now)
         elif method == "INFO":
-            leg.on_info(txn, request)
+            leg.on_info(txn, request, now)
         elif method in ("OPTIONS", "UPDATE"):
             # UPDATE without SDP is acknowledged; session changes come by re-INVITE.
-            self._reply(txn, request, 200, headers={"allow": self.ALLOW})
+            self._reply(txn, request, 200, headers={"allow": ALLOW})
+            return
         elif method in KNOWN_NOT_ALLOWED:
-            self._reply(txn, request, 405, headers={"allow": self.ALLOW})
+            self._reply(txn, request, 405, headers={"allow": ALLOW})
+            return
         else:
-            self._reply(txn, request, 501, headers={"allow": self.ALLOW})
+            self._reply(txn, request, 501, headers={"allow": ALLOW})
+            return
+        self._pump(leg)
 
-    def _on_cancel(self, txn: ServerTransaction, cancel: SipRequest) -> None:
+    def _on_cancel(self, txn: ServerTransaction, cancel: SipRequest, now: float) -> None:
         invite_txn = self.sip.layer.find_invite(cancel)
         if invite_txn is None:
             # Too late (the INVITE already has its final response): 200, no effect (§9.2);
@@ -234,12 +269,13 @@ class CallEngine:
             self._reply(txn, cancel, 200 if self.sip.layer.invite_finished(cancel) else 481)
             return
         self._reply(txn, cancel, 200)  # §9.2: answer the CANCEL itself first
-        leg = self._by_invite.get(id(invite_txn))
+        leg = self._invites.get(invite_txn)
         if leg is not None:
-            leg.on_cancel()
+            leg.on_cancel(now)
+            self._pump(leg)
 
-    def _on_invite(self, txn: InviteServerTransaction, invite: SipRequest) -> None:
-        refusal = self.admission.refuse_reason(len(self.legs))
+    def _on_invite(self, txn: InviteServerTransaction, invite: SipRequest, now: float) -> None:
+        refusal = self.admission.refuse_reason(len(self.calls))
         if refusal is not None:
             self.admission.note_refusal(refusal)
             self._reply(txn, invite, 503, f"Service Unavailable ({refusal})",
@@ -250,51 +286,29 @@ class CallEngine:
         if invite.uri.partition(":")[0].lower() not in ("sip", "sips", "tel"):
             self._reply(txn, invite, 416)
             return
-        offer: SessionDescription | None = None
+        offer = None
         if invite.body:
             ctype = (invite.get("content-type") or "").split(";")[0].strip().lower()
-            if ctype != "application/sdp":
-                self._reply(txn, invite, 415, headers={"accept": "application/sdp"})
+            if ctype != SDP:
+                self._reply(txn, invite, 415, headers={"accept": SDP})
                 return
             try:
-                offer = SessionDescription.parse(invite.body)
-                answer_offer(offer, "0.0.0.0", 9, 0, 0)  # refuse before any task exists
-            except NoCommonCodec as exc:
-                self._reply(txn, invite, 488, headers={"warning": f'305 - "{exc}"'})
+                offer = parse_offer(invite.body)  # refused before any call or task exists
+            except OfferAnswerError as exc:
+                self._reply(txn, invite, exc.status, exc.reason, headers=exc.headers)
                 return
-            except ValueError as exc:
-                self._reply(txn, invite, 400, f"Bad SDP ({exc})"[:100])
-                return
-        leg = InboundLeg(self, txn, invite, offer)
-        self.register(leg)
-        self._by_invite[id(txn)] = leg
+        leg = InboundLeg(txn, invite, offer, self.local_for(txn.addr[0]), now)
+        call = Call(self, leg)
+        self.calls[leg.key] = call
+        self.adopt(call, leg)
         self.calls_started += 1
-        error = self._start_call(leg)
-        if error is not None:
-            leg.log.error("call %s: %s", leg.call_id, error)
-            leg.hang_up(500, error)
+        call.start(self._launch)
 
     # ------------------------------------------------------------------ shutdown
-    def hang_up_all(self, why: str) -> None:
-        for leg in list(self.legs.values()):
-            if not leg.ended:
-                leg.hang_up(503, why)
-                leg.notify(events.disconnect(None, why))
-
-
-class OutboundRoutes:
-    """Gateways for numbers: ``(prefix, gateway URI)`` rules, longest prefix first,
-    then the default gateway."""
-
-    def __init__(self, default: str | None = None, routes: list[tuple[str, str]] | None = None) -> None:
-        self.default = SipUri.parse(default) if default else None
-        self.routes = sorted(((p, SipUri.parse(g)) for p, g in routes or []), key=lambda r: -len(r[0]))
-
-    def gateway_for(self, user: str) -> SipUri | None:
-        for prefix, gateway in self.routes:
-            if user.startswith(prefix):
-                return gateway
-        return self.default
+    def stop_all(self, why: str) -> list[asyncio.Future[None]]:
+        """Stop every call (503 for the unanswered, BYE for the rest; their tasks get a
+        Disconnect event); the futures are done when each call's dialogs are finished."""
+        return [call.stop(why, 503, tell_tasks=True) for call in list(self.calls.values())]
 
 
 def local_ip_towards(peer_host: str, bound_ip: str) -> str:
@@ -304,7 +318,7 @@ def local_ip_towards(peer_host: str, bound_ip: str) -> str:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.connect((peer_host, 9))
-            return probe.getsockname()[0]
+            return str(probe.getsockname()[0])
     except OSError:
         return "127.0.0.1"
 
@@ -314,3 +328,5 @@ def _stateless_tag(request: SipRequest) -> str:
     retransmitted request gets the same answer."""
     return format(hash((request.call_id, request.from_tag, request.cseq.number)) & 0xFFFFFFFF, "08x")
 
+
+__all__ = ["CallEngine", "OutboundRoutes", "local_ip_towards"]

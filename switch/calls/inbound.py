@@ -1,26 +1,26 @@
-"""An inbound call leg (UAS side of the B2BUA): the INVITE that started a ``Main()`` task."""
+"""An inbound call leg (UAS side of the B2BUA): the INVITE that started a ``Main()`` task.
+
+RFC 3261 §13.3 as a UAS, sans-I/O (see ``leg.py``): provisional responses (180, and 183
+with our answer for early media, RFC 3960), the 2xx that creates the dialog, the ACK
+(which may carry the answer to our offer when the INVITE had none, RFC 3264 §5), the
+ACK timeout (§13.3.1.4: no ACK within 64*T1 ends the call with BYE), CANCEL (§9.2: 487
+to the INVITE) and hangup in every state (a final response before the 2xx; after it, a
+BYE that waits for the ACK, §15).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from media.sdp import NoCommonCodec, SessionDescription, accept_answer, answer_offer, make_offer
-from media.session import MediaSession
+from media.sdp import SessionDescription
 
 from ..sip.dialog import Dialog
 from ..sip.message import COMPACT_FORMS, SipRequest, SipResponse, make_response
 from ..sip.transaction import InviteServerTransaction
-from ..tasks import events
 from ..tasks.boundary import CallError
-from .leg import SDP, Leg, LegState
-
-if TYPE_CHECKING:
-    from .engine import CallEngine
+from .leg import ALLOW, Confirmed, Leg, LegState, Local, MediaChanged, Respond
+from .offer_answer import SDP, OfferAnswer, OfferAnswerError
 
 
 class InboundLeg(Leg):
-    """Implements ``CallControl`` for the task running ``Main()`` for this call."""
-
     kind = "call"
     TRANSITIONS = {
         LegState.INCOMING: frozenset((LegState.EARLY, LegState.ANSWERED, LegState.ENDED)),
@@ -30,18 +30,25 @@ class InboundLeg(Leg):
         LegState.ENDED: frozenset(),
     }
 
-    def __init__(self, engine: CallEngine, txn: InviteServerTransaction, invite: SipRequest,
-                 offer: SessionDescription | None) -> None:
-        super().__init__(engine, invite.call_id, engine.local_ip_for(txn.addr[0]), LegState.INCOMING)
+    def __init__(self, txn: InviteServerTransaction, invite: SipRequest, offer: SessionDescription | None,
+                 local: Local, now: float) -> None:
+        # offer None: the INVITE had no SDP; we offer in the 200 and the ACK answers.
+        super().__init__(invite.call_id, local, LegState.INCOMING, OfferAnswer(local.ip, offer), now)
         self.txn = txn
         invite.freeze()  # kept for the whole call: as GC-untracked data
         self.invite = invite
-        self.offer = offer  # None: the INVITE had no SDP; we offer in the 200, ACK answers
-        self.our_offer: SessionDescription | None = None
         self.early_media = False  # a 183 with our SDP went out
         self._bye_after_ack = False
 
-    # ------------------------------------------------------------------ CallControl
+    @property
+    def tcp(self) -> bool:
+        return self.txn.reliable  # the caller came over TCP: our BYE goes back over its connection
+
+    @property
+    def finished(self) -> bool:
+        return super().finished and not self._bye_after_ack
+
+    # ------------------------------------------------------------------ the task's side
     def request_fields(self) -> dict[str, str]:
         """Every field ``request_data`` answers, by lower-case name: the INVITE's headers
         (multiple values joined with ", ", compact forms too), ``request-uri`` (also
@@ -60,110 +67,81 @@ class InboundLeg(Leg):
     def request_data(self, name: str) -> str | None:
         return self.request_fields().get(name.lower())
 
-    def provision(self) -> None:
-        self._require_live("ProvisionCall")
+    def provision(self, now: float) -> None:
+        self.require_live("ProvisionCall")
         if self.state is LegState.INCOMING:
-            self._send_provisional(180)
+            self._provisional(180)
 
-    async def accept(self) -> None:
-        self._require_live("AcceptCall")
+    def send_early_media(self, now: float) -> None:
+        """183 Session Progress with our answer (RFC 3960); media may flow before the 200."""
+        if self.early_media or self.answered or self.ended or not self.sdp.ready:
+            return
+        if self.sdp.remote_offer is None:
+            raise CallError("early media needs an SDP offer in the INVITE; call AcceptCall() first")
+        self.early_media = True
+        self._provisional(183, with_sdp=True)
+
+    def answer(self, now: float) -> None:
+        """200 OK with our SDP (media must be open); the dialog exists from here (§12.1.1)."""
+        self.require_live("AcceptCall")
         if self.answered:
             return
-        media = await self._open_media()
-        if self.state is LegState.ENDED:  # hung up while the socket was opening
-            raise CallError(f"AcceptCall: the call has ended ({self.end_reason})")
-        if self.answered:  # answered meanwhile (by a bridge)
-            return
-        body = self._local_sdp(media)
-        self.dialog = Dialog.as_uas(self.invite, self.local_tag, self._contact())
-        if self.txn.reliable:  # the caller came over TCP: our BYE goes back over its connection
+        assert self.sdp.ready
+        body = self.sdp.local_sdp()
+        self.dialog = Dialog.as_uas(self.invite, self.local_tag, self.local.contact(self.tcp))
+        if self.tcp:
             self.dialog.transport, self.dialog.connection = "TCP", self.txn.addr
-        response = self._response(200, body=body)
         self._set_state(LegState.ANSWERED)
-        self.engine.sip.send_response(self.txn, response)
-        self.engine.dialog_established(self)
+        self.answered_at = now
+        self.outbox.append(Respond(self.txn, self._response(200, body=body)))
 
-    def reject(self, code: int, reason: str | None = None) -> None:
-        self._require_live("RejectCall")
+    def reject(self, code: int, reason: str | None, now: float) -> None:
+        self.require_live("RejectCall")
         if not 300 <= code <= 699:
             raise CallError(f"RejectCall: code must be 300-699, not {code}")
         if self.answered:
             raise CallError("RejectCall: the call is already answered; use Disconnect()")
-        self.engine.sip.send_response(self.txn, self._response(code, reason))
-        self._end(f"rejected {code}", code)
+        self.outbox.append(Respond(self.txn, self._response(code, reason)))
+        self._end(f"rejected {code}", now, code)
 
-    async def _media_for_play(self) -> MediaSession:
-        media = await self._open_media()
-        self._require_live("PlayFile")
-        if not self.answered and not self.early_media:
-            if self.offer is None:
-                raise CallError("PlayFile: early media needs an SDP offer in the INVITE; call AcceptCall() first")
-            self.send_early_media()
-        return media
-
-    def codec(self) -> str | None:
-        """The codec this call uses, or will use once answered (the caller's first we support)."""
-        if self.params is not None:
-            return self.params.codec
-        if self.offer is None:
-            return None
-        return answer_offer(self.offer, self.local_ip, 9, 0, 0)[1].codec
-
-    def send_early_media(self) -> None:
-        """183 Session Progress with our answer (RFC 3960); media may flow before 200."""
-        if not self.early_media and self.media is not None and not self.answered:
-            self.early_media = True
-            self._send_provisional(183, with_sdp=True)
-
-    def disconnect(self) -> None:
-        if self.state is LegState.ENDED:
-            return
-        # An unanswered call whose bridged callee failed gets the callee's status
-        # (486 stays 486); otherwise 480.
-        status = self.bridge.failure_status if self.bridge is not None else None
-        self.hang_up(status or 480, "disconnected by app")
-
-    # ------------------------------------------------------------------ hang up
-    def hang_up(self, unanswered_status: int | None, why: str) -> None:
-        """Final error if unanswered, else BYE (after the ACK, RFC 3261 §15)."""
+    def hang_up(self, unanswered_status: int | None, why: str, now: float) -> None:
+        """A final error response if unanswered, else BYE (after the ACK, RFC 3261 §15)."""
         if self.state is LegState.ENDED:
             return
         if not self.answered:
             status = unanswered_status or 480
-            self.engine.sip.send_response(self.txn, self._response(status))
-            self._end(why, status)
+            self.outbox.append(Respond(self.txn, self._response(status)))
+            self._end(why, now, status)
             return
         if self.state is LegState.ANSWERED:
-            self._bye_after_ack = True  # sent when the ACK (or Timer L) comes
-            self._end(why, keep_dialog=True)
+            self._bye_after_ack = True  # sent when the ACK (or the ACK timeout) comes
+            self._end(why, now)
             return
-        self._end(why, keep_dialog=True)
+        self._end(why, now)
         self._send_bye()
 
     # ------------------------------------------------------------------ SIP from the peer
-    def on_ack(self, ack: SipRequest) -> None:
-        if self.offer is None and self.our_offer is not None and ack.body and self.params is None:
+    def on_ack(self, ack: SipRequest, now: float) -> None:
+        sdp = self.sdp
+        if sdp.remote_offer is None and sdp.our_offer is not None and ack.body and sdp.params is None:
             # Late offer (RFC 3264 §5): the INVITE had no SDP, the ACK carries the answer.
             try:
-                self.params = accept_answer(self.our_offer, SessionDescription.parse(ack.body))
-                if self.media is not None:
-                    self.media.configure(self.params)
-            except (NoCommonCodec, ValueError) as exc:
+                self.happenings.append(MediaChanged(sdp.take_answer(ack.body)))
+            except OfferAnswerError as exc:
                 self.log.warning("call %s: unusable SDP answer in ACK (%s); hanging up", self.call_id, exc)
                 if self.state is LegState.ANSWERED:
                     self._set_state(LegState.CONFIRMED)
-                    self.hang_up(None, "bad SDP in ACK")
-                    self.notify(events.disconnect(None, "bad SDP in ACK"))
+                    self._end("bad SDP in ACK", now, by_peer=True, cause="bad SDP in ACK")
+                    self._send_bye()
                 return
         if self.state is LegState.ANSWERED:
             self._set_state(LegState.CONFIRMED)
-            if self.bridge is not None:
-                self.bridge.try_join()
+            self.happenings.append(Confirmed())
         elif self._bye_after_ack:
             self._bye_after_ack = False
             self._send_bye()
 
-    def on_ack_timeout(self) -> None:
+    def on_ack_timeout(self, now: float) -> None:
         """RFC 3261 §13.3.1.4: no ACK for our 2xx: end the call with BYE."""
         if self._bye_after_ack:
             self._bye_after_ack = False
@@ -171,63 +149,28 @@ class InboundLeg(Leg):
         elif self.state is LegState.ANSWERED:
             self.log.warning("call %s: no ACK for 200 OK; hanging up", self.call_id)
             self._set_state(LegState.CONFIRMED)
-            self.hang_up(None, "no ACK")
-            self.notify(events.disconnect(408, "no ACK"))
+            self._end("no ACK", now, 408, by_peer=True, cause="no ACK")
+            self._send_bye()
 
-    def on_cancel(self) -> None:
-        """CANCEL matched our INVITE (the engine already answered the CANCEL 200)."""
+    def on_cancel(self, now: float) -> None:
+        """CANCEL matched our INVITE (the engine already answered the CANCEL itself)."""
         if self.answered or self.state is LegState.ENDED:
             return
-        self.engine.sip.send_response(self.txn, self._response(487))
-        self._end("cancelled", 487)
-        self.notify(events.disconnect(487, "CANCEL"))
-
-    def _session_changed(self, offer: SessionDescription) -> None:
-        self.offer = offer  # later answers (and early-media SDP) derive from the new offer
-
-    def _current_sdp(self, media: MediaSession) -> bytes:
-        return self._local_sdp(media)
+        self.outbox.append(Respond(self.txn, self._response(487)))
+        self._end("cancelled", now, 487, by_peer=True, cause="CANCEL")
 
     # ------------------------------------------------------------------ helpers
-    async def _open_media(self) -> MediaSession:
-        media = await super()._open_media()
-        if self.offer is not None and self.params is None:
-            _, self.params = answer_offer(self.offer, self.local_ip, media.local_port,
-                                          self._sdp_session, self._sdp_version)
-        if self.params is not None and media.params is None:
-            media.configure(self.params)
-        return media
-
-    def _local_sdp(self, media: MediaSession, new_version: bool = False) -> bytes:
-        """Our SDP: the answer to the peer's offer, or our offer for a late-offer INVITE.
-        The 183 and the 200 carry the same answer (RFC 3261 §13.2.1); a re-INVITE
-        answer is a new version (RFC 3264 §8)."""
-        if new_version:
-            self._sdp_version += 1
-        if self.offer is not None:
-            answer, _ = answer_offer(self.offer, self.local_ip, media.local_port,
-                                     self._sdp_session, self._sdp_version)
-            return answer.to_bytes()
-        self.our_offer = make_offer(self.local_ip, media.local_port, self._sdp_session,
-                                    self._sdp_version)
-        return self.our_offer.to_bytes()
-
-    def _response(self, status: int, reason: str | None = None, body: bytes = b"",
-                  request: SipRequest | None = None) -> SipResponse:
-        request = request or self.invite
+    def _response(self, status: int, reason: str | None = None, body: bytes = b"") -> SipResponse:
         headers: dict[str, str | list[str]] = {}
         if 100 < status < 300:
-            headers["contact"] = self._contact()
-            headers["allow"] = self.engine.ALLOW
+            headers["contact"] = self.local.contact(self.tcp)
+            headers["allow"] = ALLOW
         if body:
             headers["content-type"] = SDP
-        return make_response(request, status, reason, to_tag=self.local_tag, headers=headers, body=body)
+        return make_response(self.invite, status, reason, to_tag=self.local_tag, headers=headers, body=body)
 
-    def _contact(self) -> str:
-        return self.engine.contact_for(self.local_ip, tcp=self.txn.reliable)
-
-    def _send_provisional(self, status: int, with_sdp: bool = False) -> None:
-        body = self._local_sdp(self.media) if with_sdp and self.media is not None else b""
-        self.engine.sip.send_response(self.txn, self._response(status, body=body))
+    def _provisional(self, status: int, with_sdp: bool = False) -> None:
+        body = self.sdp.local_sdp() if with_sdp else b""
+        self.outbox.append(Respond(self.txn, self._response(status, body=body)))
         if self.state is LegState.INCOMING:
             self._set_state(LegState.EARLY)

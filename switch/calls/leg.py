@@ -1,39 +1,134 @@
-"""What every call leg shares: state, media, the owner task, BYE in both directions.
+"""What every call leg shares: the sans-I/O user-agent state of one SIP dialog.
 
-A leg is one SIP dialog (or the attempt at one) plus its media session, steered by
-one task. It is the call engine's side of the task boundary (``switch.tasks.boundary``):
-JS verbs arrive as method calls, and what happens to the call (BYE, CANCEL, the end
-of a file, a digit) leaves as events posted to the owner task. ``InboundLeg`` (UAS,
-``inbound.py``) and ``OutboundLeg`` (UAC, ``outbound.py``) add their side's SIP.
+A leg is one dialog (or the attempt at one) seen from our side: ``InboundLeg`` is the
+UAS of an INVITE we received (``inbound.py``), ``OutboundLeg`` the UAC of one we sent
+(``outbound.py``). Like ``switch/sip/``, a leg does no I/O and keeps no clock: it is
+fed SIP messages, the results of the transaction layer and the verbs of its owner, each
+with ``now``, and it queues what should happen:
+
+* ``outbox``: messages for the engine to send (``Respond`` on a server transaction,
+  ``Send`` as a new client transaction whose answers come back to this leg,
+  ``SendStateless`` for an ACK to a 2xx, RFC 3261 §13.2.2.4);
+* ``happenings``: what its owner, the ``Call``, must act on (``Progress``,
+  ``Confirmed``, ``MediaChanged``, ``KeyPressed``, ``Ended``).
+
+So every SIP rule here (INVITE/200/ACK/BYE, CANCEL races, ACK timeout, forks) is unit
+tested on virtual time with no sockets (``tests/unit/test_calls_legs.py``). The engine
+is the only thing that touches the transport; the call is the only thing that touches
+media and tasks.
+
+A leg is ``ended`` when it is over for its task (``IsConnected()`` false, media stops)
+and ``finished`` when its dialog needs nothing more from us (our BYE was answered, the
+INVITE we cancelled got its final response): only then does the engine forget it.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import random
-from pathlib import Path
-from typing import TYPE_CHECKING
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
-from media.sdp import MediaParams, NoCommonCodec, SessionDescription, answer_offer
-from media.ports import NoRtpPorts
-from media.session import MediaSession
+from media.sdp import MediaParams
 
 from ..sip.dialog import Dialog, new_tag
-from ..sip.events import ResponseReceived, TransactionTimedOut
-from ..sip.message import SipRequest, make_response
-from ..sip.transaction import ClientTransaction, InviteServerTransaction, ServerTransaction
-from ..tasks import events
+from ..sip.message import SipRequest, SipResponse, make_response
+from ..sip.transaction import InviteServerTransaction, ServerTransaction
 from ..tasks.boundary import CallError
-
-if TYPE_CHECKING:
-    from .bridge import Bridge
-    from .engine import CallEngine
+from .offer_answer import SDP, OfferAnswer, OfferAnswerError
 
 logger = logging.getLogger("switch.calls")
 
-SDP = "application/sdp"
+Addr = tuple[str, int]
+
+# Methods we implement (the Allow header), and methods we know but refuse (405, not 501;
+# RFC 3261 §21.4.6).
+ALLOWED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE")
+ALLOW = ", ".join(ALLOWED)
+KNOWN_NOT_ALLOWED = frozenset(("REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "PRACK"))
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """How a leg names us to its peer: the address it can reach us at and our SIP port."""
+
+    ip: str
+    sip_port: int
+
+    def contact(self, tcp: bool = False) -> str:
+        return f"<sip:{self.ip}:{self.sip_port}{';transport=tcp' if tcp else ''}>"
+
+    @property
+    def sent_by(self) -> str:
+        return f"{self.ip}:{self.sip_port}"
+
+
+# ---------------------------------------------------------------------- outbox
+@dataclass(slots=True)
+class Respond:
+    transaction: ServerTransaction
+    response: SipResponse
+
+
+@dataclass(slots=True)
+class Send:
+    """A request in a new client transaction. ``track``: its answers come back to the
+    leg (``on_response``/``on_timeout``); CANCELs and the BYE to a fork are fire-and-forget."""
+
+    request: SipRequest
+    addr: Addr
+    track: bool = True
+
+
+@dataclass(slots=True)
+class SendStateless:
+    message: SipRequest
+    addr: Addr
+
+
+Outgoing = Respond | Send | SendStateless
+
+
+# ---------------------------------------------------------------------- happenings
+@dataclass(slots=True)
+class Progress:
+    """The callee rings (180) or sent early media (183 with a usable SDP answer)."""
+
+    status: int
+    early_media: bool
+
+
+@dataclass(slots=True)
+class Confirmed:
+    """The dialog is up: our 2xx was ACKed (inbound), the callee answered (outbound)."""
+
+
+@dataclass(slots=True)
+class MediaChanged:
+    """Negotiated (or renegotiated by a re-INVITE): the media must use these params."""
+
+    params: MediaParams
+
+
+@dataclass(slots=True)
+class KeyPressed:
+    """A DTMF key sent in signalling (SIP INFO)."""
+
+    digit: str
+
+
+@dataclass(slots=True)
+class Ended:
+    """The leg is over for its task. ``by_peer``: the far end or the network ended it
+    (the task gets a Disconnect event with ``status`` and ``cause``); otherwise we did."""
+
+    reason: str  # for the log: "remote hung up", "failed 486 Busy Here", ...
+    status: int | None  # the SIP status that ended it, if one did
+    by_peer: bool
+    cause: str | None = None  # the Disconnect event's reason: "BYE", "CANCEL", a phrase
+
+
+Happening = Progress | Confirmed | MediaChanged | KeyPressed | Ended
 
 
 class LegState(enum.Enum):
@@ -46,29 +141,25 @@ class LegState(enum.Enum):
 
 
 class Leg:
-    TRANSITIONS: dict[LegState, frozenset[LegState]] = {}
+    TRANSITIONS: ClassVar[dict[LegState, frozenset[LegState]]] = {}
     kind = "leg"
 
-    def __init__(self, engine: CallEngine, call_id: str, local_ip: str, state: LegState) -> None:
-        self.engine = engine
+    def __init__(self, call_id: str, local: Local, state: LegState, offer_answer: OfferAnswer,
+                 now: float) -> None:
         self.call_id = call_id
+        self.local = local
         self.local_tag = new_tag()
-        self.local_ip = local_ip  # for Contact, Via and SDP
         self.state = state
+        self.sdp = offer_answer
         self.dialog: Dialog | None = None
-        self.media: MediaSession | None = None
-        self.params: MediaParams | None = None
-        self.app_dir: Path | None = None  # for PlayFile paths: the app of the owner task
-        self.bridge: Bridge | None = None
-        self.notify: Callable[[dict], None] = lambda event: None
-        self._end_watchers: list[Callable[[], None]] = []
-        self.task_id: int | None = None
-        self.created = engine.loop.time()
+        self.outbox: list[Outgoing] = []
+        self.happenings: list[Happening] = []
+        self.created = now
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
         self.end_reason = ""
-        self.end_status: int | None = None  # the SIP status that ended it, if one did
-        self._sdp_session = random.randrange(1, 2**31)
-        self._sdp_version = 0
-        self._media_opening: Awaitable[MediaSession] | None = None
+        self.end_status: int | None = None
+        self._bye_open = False  # our BYE awaits its final response
         self.log = logging.LoggerAdapter(logger, {"call": call_id})
 
     def __repr__(self) -> str:
@@ -77,6 +168,11 @@ class Leg:
     @property
     def key(self) -> str:
         return f"{self.call_id};{self.local_tag}"
+
+    @property
+    def tcp(self) -> bool:
+        """The peer is reached over a TCP connection (its own, reused; RFC 5626 style)."""
+        return False
 
     # ------------------------------------------------------------------ state
     def _set_state(self, new: LegState) -> None:
@@ -93,154 +189,102 @@ class Leg:
     def ended(self) -> bool:
         return self.state is LegState.ENDED
 
-    def _require_live(self, verb: str) -> None:
+    @property
+    def finished(self) -> bool:
+        """Ended, and the dialog expects nothing more of us: the engine may forget it."""
+        return self.state is LegState.ENDED and not self._bye_open
+
+    def require_live(self, verb: str) -> None:
         if self.state is LegState.ENDED:
             raise CallError(f"{verb}: the call has ended ({self.end_reason or 'hung up'})")
 
-    # ------------------------------------------------------------------ CallControl (shared)
+    def take_happenings(self) -> list[Happening]:
+        happenings, self.happenings = self.happenings, []
+        return happenings
+
+    def take_outbox(self) -> list[Outgoing]:
+        outbox, self.outbox = self.outbox, []
+        return outbox
+
+    # ------------------------------------------------------------------ the task's side
     def request_fields(self) -> dict[str, str] | None:
         """The request fields, when they are fixed for the call's life (inbound only)."""
         return None
 
-    async def play_file(self, url: str, loop: bool = False) -> None:
-        self._require_live("PlayFile")
-        if self.app_dir is None:
-            raise CallError("PlayFile: this call belongs to no app")
-        audio = await self.engine.playback.get(url, self.app_dir)
-        self._require_live("PlayFile")
-        media = await self._media_for_play()
-        self._require_live("PlayFile")
-        media.play(audio, loop, lambda: self.notify(events.play_file_completed(url)))
+    def request_data(self, name: str) -> str | None:
+        raise NotImplementedError
 
-    async def _media_for_play(self) -> MediaSession:
-        if self.media is None or self.params is None:
-            raise CallError("PlayFile: the call has no media yet")
-        return self.media
+    def media_opened(self, port: int) -> None:
+        """The call opened this leg's RTP socket on ``port``."""
+        self.sdp.media_opened(port)
+        if self.sdp.params is not None:
+            self.happenings.append(MediaChanged(self.sdp.params))
 
-    def stop_play(self) -> None:
-        if self.media is not None:
-            self.media.stop_play()
-
-    def is_connected(self) -> bool:
-        return self.state is not LegState.ENDED
-
-    def on_end(self, callback: Callable[[], None]) -> None:
-        if self.state is LegState.ENDED:
-            callback()
-        else:
-            self._end_watchers.append(callback)
-
-    def task_ended(self, error: str | None) -> None:
-        self.task_id = None
-        if self.state is not LegState.ENDED:
-            self.hang_up(500 if error else 480, "script error" if error else "task ended")
-
-    def hang_up(self, unanswered_status: int | None, why: str) -> None:
+    def hang_up(self, unanswered_status: int | None, why: str, now: float) -> None:
+        """End the leg from our side: a final response, CANCEL or BYE as its state needs."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ ending
-    def _end(self, why: str, status: int | None = None, keep_dialog: bool = False) -> None:
-        """The leg is over for its task (IsConnected() false); media stops now."""
+    def _end(self, why: str, now: float, status: int | None = None, by_peer: bool = False,
+             cause: str | None = None) -> None:
         self.end_reason = why
         self.end_status = status
+        self.ended_at = now
         self._set_state(LegState.ENDED)
-        if self.media is not None:
-            stats = self.media.stats()
-            self.media.close()
-            self.log.info("%s %s ended (%s) after %.1f s; rtp sent %d/%d B, received %d/%d B",
-                          self.kind, self.call_id, why, self.engine.loop.time() - self.created,
-                          stats["packets_sent"], stats["bytes_sent"], stats["packets_received"],
-                          stats["bytes_received"])
-        else:
-            self.log.info("%s %s ended (%s)", self.kind, self.call_id, why)
-        if not keep_dialog:
-            self.engine.forget(self)
-        watchers, self._end_watchers = self._end_watchers, []
-        for callback in watchers:  # before any event about it: IsConnected() is already false
-            callback()
-        if self.bridge is not None:
-            self.bridge.leg_ended(self)
+        self.happenings.append(Ended(why, status, by_peer, cause))
 
     def _send_bye(self) -> None:
         assert self.dialog is not None
-        bye = self.dialog.create_request("BYE", self.engine.via_sent_by(self.local_ip))
-        txn = self.engine.sip.send_request(bye, self.dialog.next_hop(bye))
-        txn.user = self  # type: ignore[attr-defined]
+        bye = self.dialog.create_request("BYE", self.local.sent_by)
+        self.outbox.append(Send(bye, self.dialog.next_hop(bye)))
+        self._bye_open = True
 
-    def on_bye(self, txn: ServerTransaction, bye: SipRequest) -> None:
-        self.engine.sip.send_response(txn, make_response(bye, 200))
+    # ------------------------------------------------------------------ SIP from the peer
+    def on_bye(self, txn: ServerTransaction, bye: SipRequest, now: float) -> None:
+        self.outbox.append(Respond(txn, make_response(bye, 200)))
         if self.state is not LegState.ENDED:
-            self._end("remote hung up")
-            self.notify(events.disconnect(None, "BYE"))
-        else:
-            self.engine.forget(self)
+            self._end("remote hung up", now, by_peer=True, cause="BYE")
 
-    def on_response(self, event: ResponseReceived | TransactionTimedOut) -> None:
-        """Our BYE was answered or timed out: the dialog is gone either way."""
-        if isinstance(event, ResponseReceived) and event.response.status < 200:
-            return
-        self.engine.forget(self)
+    def on_response(self, method: str, response: SipResponse, now: float) -> None:
+        """A response in one of our client transactions (the subclass has the INVITE)."""
+        if method == "BYE" and response.status >= 200:
+            self._bye_open = False  # answered, whatever the status: the dialog is gone
 
-    def on_reinvite(self, txn: InviteServerTransaction, request: SipRequest) -> None:
+    def on_timeout(self, method: str, now: float) -> None:
+        """One of our client transactions got no answer (Timer B/F, RFC 3261 §17.1)."""
+        if method == "BYE":
+            self._bye_open = False
+
+    def on_reinvite(self, txn: InviteServerTransaction, request: SipRequest, now: float) -> None:
         """Session modification (hold/resume, new address, codec change). A re-INVITE
-        without SDP gets our current description as the offer (RFC 3261 §14.2)."""
-        if self.state is not LegState.CONFIRMED or self.media is None:
-            self.engine.sip.send_response(txn, make_response(request, 491))
+        without SDP gets our current description as the offer (RFC 3261 §14.2); one that
+        comes before the dialog is confirmed gets 491 (§14.2, a glare-like overlap)."""
+        if self.state is not LegState.CONFIRMED or not self.sdp.ready:
+            self.outbox.append(Respond(txn, make_response(request, 491)))
             return
-        self._sdp_version += 1  # RFC 3264 §8: any new SDP of ours is a new version
         if request.body:
             try:
-                offer = SessionDescription.parse(request.body)
-                answer, params = answer_offer(offer, self.local_ip, self.media.local_port,
-                                              self._sdp_session, self._sdp_version)
-            except NoCommonCodec as exc:
-                self.engine.sip.send_response(txn, make_response(request, 488, headers={"warning": f'305 - "{exc}"'}))
+                body = self.sdp.new_offer(request.body)
+            except OfferAnswerError as exc:
+                self.outbox.append(Respond(txn, make_response(request, exc.status, exc.reason,
+                                                              headers=exc.headers)))
                 return
-            except ValueError as exc:
-                self.engine.sip.send_response(txn, make_response(request, 400, f"Bad SDP ({exc})"[:100]))
-                return
-            self._session_changed(offer)
-            self.params = params
-            self.media.configure(params)
-            body = answer.to_bytes()
+            assert self.sdp.params is not None
+            self.happenings.append(MediaChanged(self.sdp.params))
         else:
-            body = self._current_sdp(self.media)
-        tcp = self.dialog is not None and self.dialog.transport == "TCP"
-        headers = {"contact": self.engine.contact_for(self.local_ip, tcp), "allow": self.engine.ALLOW,
-                   "content-type": SDP}
-        self.engine.sip.send_response(txn, make_response(request, 200, headers=headers, body=body))
+            body = self.sdp.current()
+        headers: dict[str, str | list[str]] = {"contact": self.local.contact(self.tcp), "allow": ALLOW,
+                                               "content-type": SDP}
+        self.outbox.append(Respond(txn, make_response(request, 200, headers=headers, body=body)))
 
-    def on_info(self, txn: ServerTransaction, request: SipRequest) -> None:
+    def on_info(self, txn: ServerTransaction, request: SipRequest, now: float) -> None:
         """SIP INFO: key presses sent in signalling by phones that don't use RFC 4733
         (``application/dtmf-relay`` ``Signal=5``, or ``application/dtmf`` ``5``) become the
         same Dtmf event; any other INFO is acknowledged and ignored."""
         digit = info_digit(request)
-        self.engine.sip.send_response(txn, make_response(request, 200))
+        self.outbox.append(Respond(txn, make_response(request, 200)))
         if digit is not None and self.state is not LegState.ENDED:
-            self.notify(events.dtmf(digit))
-
-    def _session_changed(self, offer: SessionDescription) -> None:
-        """A re-INVITE brought a new offer (hook)."""
-
-    def _current_sdp(self, media: MediaSession) -> bytes:
-        """Our session description when the peer asks for an offer (hook)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ media
-    async def _open_media(self) -> MediaSession:
-        if self.media is None:
-            if self._media_opening is None:
-                self._media_opening = self.engine.open_media(self.call_id)
-            try:
-                media = await self._media_opening
-            except NoRtpPorts as exc:
-                raise CallError(str(exc)) from None
-            if self.media is None:
-                self.media = media
-                media.on_dtmf = lambda digit: self.notify(events.dtmf(digit))
-                if self.state is LegState.ENDED:
-                    media.close()
-        return self.media
+            self.happenings.append(KeyPressed(digit))
 
 
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -266,6 +310,3 @@ def info_digit(request: SipRequest) -> str | None:
     elif digit == "11":
         digit = "#"
     return digit if digit in _DTMF_DIGITS and len(digit) == 1 else None
-
-
-__all__ = ["ClientTransaction", "Leg", "LegState", "SDP", "info_digit"]

@@ -121,24 +121,7 @@ class ControlApi:
             raise DeployError("the request body is nested too deeply") from None
 
     def _calls(self) -> list[dict[str, Any]]:
-        sw = self.switch
-        now = sw.loop.time()
-        out = []
-        for leg in list(sw.engine.legs.values()):
-            task = sw.tasks.get(leg.task_id) if leg.task_id is not None else None
-            app = task.app if task is not None else None
-            out.append({
-                "id": leg.call_id,
-                "app": app.name if app else None,
-                "commit": app.version if app else None,
-                "from": _uri(leg.invite, "from_"),
-                "to": _uri(leg.invite, "to"),
-                "request_uri": str(leg.invite.request_uri),
-                "state": leg.state.name.lower(),
-                "age_s": round(now - leg.created, 1),
-                "task": leg.task_id,
-            })  # fmt: skip
-        return out
+        return [call.info() for call in list(self.switch.engine.calls.values())]
 
     # ------------------------------------------------------------------ handlers
 
@@ -148,6 +131,7 @@ class ControlApi:
             "version": _version(),
             "uptime_s": round(time.time() - self.started, 1),
             "live_calls": sw.engine.live_calls(),
+            "live_legs": len(sw.engine.legs),
             "live_tasks": len(sw.tasks),
             "js_workers": sw.tasks.info(),
             "js_worker_deaths": sw.tasks.deaths,
@@ -237,12 +221,3 @@ class ControlApi:
         if not text.isdigit():
             raise DeployError(f"route index must be a number, not {text!r}", 404)
         return web.json_response({"routes": await self._store().remove_route(int(text))})
-
-
-def _uri(invite: Any, attr: str) -> str:
-    try:
-        return str(getattr(invite, attr).uri)
-    except Exception:  # a header we could route on but not parse: show it raw
-        return str(invite.get("From" if attr == "from_" else "To"))
-
-

@@ -1218,22 +1218,29 @@ def media_dest(run: SippRun, pattern: str, timeout: float = 5.0) -> tuple[tuple[
     return (m.group(3), int(m.group(1))), [int(x) for x in m.group(2).split()]
 
 
+def _left_behind(status: dict[str, Any]) -> tuple[Any, ...]:
+    """What a switch with no calls must hold none of: calls, legs, tasks, RTP sockets."""
+    return (status.get("live_calls"), status.get("live_legs"), status.get("live_tasks"),
+            status.get("media", {}).get("rtp_ports_in_use"))
+
+
 def stop_clean(sw: SwitchProcess, settle: float = 3.0) -> None:
-    """Assert the switch holds no call leg and no task once the calls are over: its control
-    API's /status must reach 0 live calls and 0 tasks within `settle` s (without a control
-    API: wait `settle`/5 s), and at SIGTERM it must log "stopping: 0 live calls, 0 tasks"."""
+    """Assert the switch holds nothing of a call once the calls are over: its control
+    API's /status must reach 0 live calls, legs, tasks and RTP ports within `settle` s
+    (without a control API: wait `settle`/5 s), and at SIGTERM it must log
+    "stopping: 0 live calls, 0 tasks"."""
     deadline = time.monotonic() + settle
     status = control_status(sw)
     if status is None:
         time.sleep(settle / 5)  # the last transactions (BYE/200, ACK) and task ends
-    while status is not None and (status.get("live_calls"), status.get("live_tasks")) != (0, 0):
+    while status is not None and _left_behind(status) != (0, 0, 0, 0):
         if time.monotonic() >= deadline:
             break
         time.sleep(0.05)
         status = control_status(sw)
     sw.stop()
     if status is not None:
-        assert (status.get("live_calls"), status.get("live_tasks")) == (0, 0), \
+        assert _left_behind(status) == (0, 0, 0, 0), \
             f"GET /status {settle}s after the calls: {status}\n" + sw.log_tail()  # fmt: skip
     found = STOP_LINE.findall(sw.log_text())
     assert found, "no 'stopping: N live calls, M tasks' line\n" + sw.log_tail()

@@ -16,7 +16,7 @@ class FakeSip:
 def engine(default="sip:10.0.0.1:5060", routes=(("1800", "sip:10.0.0.2:5080"),)):
     loop = asyncio.new_event_loop()
     try:
-        return CallEngine(loop, FakeSip(), None, None, open_media=None, start_call=None,  # type: ignore[arg-type]
+        return CallEngine(loop, FakeSip(), None, None, open_media=None, launch=None,  # type: ignore[arg-type]
                           gateways=OutboundRoutes(default, list(routes)))
     finally:
         loop.close()

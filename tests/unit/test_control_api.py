@@ -4,7 +4,6 @@ the token, the single-app (--app) mode, and the call list read from legs and tas
 from __future__ import annotations
 
 import asyncio
-import enum
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +15,9 @@ from media.clock import MediaClock
 from media.ports import RtpPortPool
 
 from switch.apps.store import AppStore
+from switch.calls.call import AppInfo, Call, TaskSink
+from switch.calls.inbound import InboundLeg
+from switch.calls.leg import Local
 from switch.control.api import ControlApi
 from switch.sip.message import parse_message
 from switch.tasks.app import JsApp
@@ -28,21 +30,23 @@ INVITE = (
 )
 
 
-class State(enum.Enum):
-    RINGING = "ringing"
-
-
 def fake_switch(tmp_path: Path, *, single_app: bool = False) -> Any:
     loop = asyncio.get_running_loop()
     app = JsApp.from_sources("sales", {"main.js": "function Main() {}"}, "c0ffee" * 6 + "abcd")
     task = SimpleNamespace(app=app)
-    leg = SimpleNamespace(call_id="call-1", invite=parse_message(INVITE), state=State.RINGING,
-                          created=loop.time() - 3, task_id=7)
+    invite = parse_message(INVITE)
+    engine = SimpleNamespace(loop=loop, live_calls=lambda: 1, calls_started=1, legs={})
+    leg = InboundLeg(SimpleNamespace(reliable=False), invite, None, Local("127.0.0.1", 5060), loop.time() - 3)  # type: ignore[arg-type]
+    call = Call(engine, leg)  # type: ignore[arg-type]
+    call.app = AppInfo(app.name, app.version, app.root)
+    call.sinks[leg] = TaskSink(7, lambda event: True)
+    engine.calls = {leg.key: call}
+    engine.legs = {leg: call}
     store = None if single_app else AppStore(tmp_path, fetch=None)
     return SimpleNamespace(
         loop=loop, apps=store, app=app if single_app else None,
         config=SimpleNamespace(app="/srv/app" if single_app else "", data_path=tmp_path),
-        engine=SimpleNamespace(legs={"call-1;x": leg}, live_calls=lambda: 1, calls_started=1),
+        engine=engine,
         sip=SimpleNamespace(bad_datagrams=0, streams={}),
         tasks=_Tasks(lambda tid: task if tid == 7 else None),
         clock=MediaClock(loop), ports=RtpPortPool(20000, 20099), admission=SimpleNamespace(refused=0),
@@ -83,9 +87,11 @@ def test_calls_status_and_json_errors(tmp_path: Path) -> None:
         calls = (await r.json())["calls"]
         assert calls == [{"id": "call-1", "app": "sales", "commit": "c0ffee" * 6 + "abcd",
                           "from": "sip:alice@example.com", "to": "sip:2000@pbx.example.com",
-                          "request_uri": "sip:2000@pbx.example.com", "state": "ringing", "age_s": 3.0, "task": 7}]
+                          "request_uri": "sip:2000@pbx.example.com", "state": "incoming", "age_s": 3.0, "task": 7,
+                          "legs": [{"kind": "call", "sip_call_id": "call-1", "state": "incoming", "task": 7,
+                                    "codec": None, "rtp": None}]}]
         s = await (await http.get("/status")).json()
-        assert s["live_calls"] == 1 and s["live_tasks"] == 1 and s["mode"] == "installed"
+        assert s["live_calls"] == 1 and s["live_legs"] == 1 and s["live_tasks"] == 1 and s["mode"] == "installed"
         assert s["js_workers"] == [{"index": 0, "pid": 4711, "alive": True, "tasks": 1, "restarts": 0}]
         assert s["media"]["streams"] == 0 and s["media"]["send_lateness_ms"]["ticks"] == 0
         r = await http.put("/apps/x", data=b"not json")

@@ -47,7 +47,7 @@ def dispatch(data: bytes) -> list[SipResponse]:
     try:
         sip = _Sip()
         engine = CallEngine(loop, sip, _Admission(), None, open_media=None,  # type: ignore[arg-type]
-                            start_call=None)  # type: ignore[arg-type]
+                            launch=None)  # type: ignore[arg-type]
         sip.layer.receive(parse_message(data), SOURCE, 0.0)
         while (event := sip.layer.next_event()) is not None:
             engine.handle_sip_event(event)

@@ -1,0 +1,65 @@
+"""Where ``StartBridgedCall(dest)`` goes: a registered phone, a gateway, or a SIP URI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..sip.dialog import uri_address
+from ..sip.uri import NameAddr, SipUri, UriError
+from ..tasks.boundary import CallError
+from .registrar import Registrar
+
+Addr = tuple[str, int]
+
+
+class OutboundRoutes:
+    """Gateways for numbers: ``(prefix, gateway URI)`` rules, longest prefix first,
+    then the default gateway."""
+
+    def __init__(self, default: str | None = None, routes: list[tuple[str, str]] | None = None) -> None:
+        self.default = SipUri.parse(default) if default else None
+        self.routes = sorted(((p, SipUri.parse(g)) for p, g in routes or []), key=lambda r: -len(r[0]))
+
+    def gateway_for(self, user: str) -> SipUri | None:
+        for prefix, gateway in self.routes:
+            if user.startswith(prefix):
+                return gateway
+        return self.default
+
+
+class Router:
+    def __init__(self, gateways: OutboundRoutes, registrar: Registrar, is_us: Callable[[SipUri], bool]) -> None:
+        self.gateways = gateways
+        self.registrar = registrar
+        self.is_us = is_us  # does a URI name this switch (then its user part is routed)
+
+    def route(self, dest: str) -> tuple[SipUri, Addr]:
+        """The Request-URI and the address to send to. ``dest`` is a SIP URI, a To header
+        value (``"Bob" <sip:1000@host>``) or a bare number/user. A URI that points at
+        this switch, or a bare number, is routed by its user part: a phone registered as
+        that user first, then the configured gateways (longest matching prefix, else the
+        default gateway); any other URI is called directly."""
+        text = dest.strip()
+        if ":" in text:
+            try:
+                uri = NameAddr.parse(text).sip_uri
+            except (UriError, ValueError):
+                raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number", 400) from None
+            if uri.scheme != "tel" and not self.is_us(uri):
+                direct = SipUri("sip", uri.user, uri.host, uri.port)
+                return direct, uri_address(direct)
+            user = uri.user or ""
+        else:
+            user = text
+        if not user or any(c in user for c in " <>@;"):
+            raise CallError(f"StartBridgedCall: {dest!r} has no user or number to route", 400)
+        bindings = self.registrar.lookup(user)
+        if bindings:
+            return bindings[-1].target()  # the most recent registration
+        gateway = self.gateways.gateway_for(user)
+        if gateway is None:
+            hint = " (not registered)" if self.registrar.enabled else ""
+            raise CallError(f"StartBridgedCall: no route for {user!r}{hint}: configure a gateway "
+                            "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)", 404)
+        target = SipUri("sip", user, gateway.host, gateway.port)
+        return target, uri_address(target)
