@@ -18,9 +18,11 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from . import logs
-from .config import DEFAULT_APP, ConfigError, load
+from .config import DEFAULT_APP, Config, ConfigError, load
 from .control.commands import add_commands as add_control_commands
 from .control.commands import run as run_control_command
 from .tasks.pool import WorkerStartError
@@ -117,12 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     logs.setup(config.log_level, config.log_format)
     try:
-        import uvloop  # measured faster for UDP-heavy loops (DESIGN.md §4)
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
-    try:
-        code = runner(_serve(config))
+        code = _run_loop(_serve(config))
     except OSError as exc:
         logging.getLogger("switch").error("cannot start: %s (is another switch on %s?)", exc, config.listen)
         code = 1
@@ -137,7 +134,15 @@ def _run(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-async def _serve(config) -> int:  # type: ignore[no-untyped-def]
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop  # measured faster for UDP-heavy loops (DESIGN.md §4)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+async def _serve(config: Config) -> int:
     from .server import Switch
 
     switch = Switch(config)

@@ -59,7 +59,7 @@ def watch_gc_pauses(threshold: float = 0.02) -> None:
     """Log garbage-collector pauses long enough to disturb RTP timing."""
     started: list[float] = [0.0]
 
-    def callback(phase: str, info: dict) -> None:
+    def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             started[0] = time.perf_counter()
         else:

@@ -96,7 +96,7 @@ examples:
 {COMMON_EPILOG}"""
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the control commands to the ``softswitch`` subparsers."""
 
     def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
