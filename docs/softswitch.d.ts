@@ -74,7 +74,7 @@ declare function ParentTask(): number | null;
 declare function SendEvent(tid: number, what: string, param?: JsonValue | null): boolean;
 /** Take the first event from this task's queue, waiting up to `timeoutSec` seconds (omitted or `null`: forever); `null` on timeout. Blocks. */
 declare function ReadInput(timeoutSec?: number | null): TaskEvent | null;
-/** A header or field of the inbound INVITE: `'To'`, `'From'`, `'Request-URI'`, any header name; `null` if absent. */
+/** A header or field of the inbound INVITE: `'To'`, `'From'`, `'Request-URI'`, any header name; `null` if absent. `'X-Softswitch-Caller'` is who the switch admitted the call from (`trunk:NAME`, `user:NAME` or `local`), never the INVITE's own header of that name. */
 declare function PendingRequestData(name: string): string | null;
 /** Send a provisional answer (180 Ringing, or 183 with SDP for early media). */
 declare function ProvisionCall(): void;

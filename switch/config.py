@@ -5,6 +5,9 @@ the flags. Keys in the file are the flag names with '_' for '-':
 
     listen = "0.0.0.0:5060"
     rtp_ports = "20000-29999"
+    media_keepalive = "silence"  # RTP while nothing plays: "silence" frames every 20 ms, "cn"
+                                 # (RFC 3389 comfort noise where negotiated, else silence), "off"
+    rtcp = true                  # RTCP SR/RR on each leg's RTP port + 1 (RFC 3550)
     app = "/srv/apps/greeting"
     data_dir = "/var/lib/softswitch"
     log_level = "info"
@@ -14,6 +17,8 @@ the flags. Keys in the file are the flag names with '_' for '-':
     control = "127.0.0.1:5080"   # control API (softswitch installapp/apps/calls...); "off" disables
     control_token = "..."        # required as "Authorization: Bearer ..." when set
     gateway = "sip:10.0.0.1:5060"  # where StartBridgedCall sends numbers (default gateway)
+    gateway_username = "pbx1"    # what the default gateway may challenge our INVITEs for
+    gateway_password = "..."     # (401/407: the INVITE is sent again, once, with digest auth)
     sip_t1 = 0.5                 # RFC 3261 T1; an unanswered INVITE fails with 408 after 64*T1
     js_workers = 2               # JS worker processes running the tasks (default: one per core)
     task_cpu_seconds = 5         # a task computing this long without calling a verb is stopped
@@ -21,15 +26,38 @@ the flags. Keys in the file are the flag names with '_' for '-':
                                  # log and exit 70 for the supervisor to restart; 0 = off
 
     server_version = false       # Server/User-Agent headers name the version too (scanners see it)
-    digest_algorithms = ["MD5", "SHA-256"]  # REGISTER challenges, in this order (RFC 8760):
+    digest_algorithms = ["MD5", "SHA-256"]  # REGISTER/INVITE challenges, in this order (RFC 8760):
                                  # many phones answer only the first; SHA-256 first where all can
-    [users]                      # SIP accounts that may REGISTER (digest auth, realm set by
-    alice = "s3cret"             # the top-level key realm = "..."); without any, REGISTER gets
+
+    # who may call and dial out, abuse throttling (switch/security/)
+    trust_loopback = true        # INVITEs from 127.0.0.1 / ::1 are served as "local" (may dial
+                                 # out, not flood-counted); other callers: [[trunks]] or [users]
+    flood_window = 2             # pike-like flood guard: more than flood_density requests from
+    flood_density = 30           # one source address in flood_window seconds drop its requests
+    flood_block_seconds = 60     # for this long (renewed while it floods); density 0: off
+    auth_fail_limit = 5          # wrong passwords (REGISTER or INVITE) from one source, or for
+    auth_block_seconds = 600     # one user name, within this many seconds: 403 for this long
+
+    [users]                      # SIP accounts that may REGISTER and call (digest auth, realm set
+    alice = "s3cret"             # by the top-level key realm = "..."); without any, REGISTER gets
                                  # 405. Calls the apps place to "alice" then reach her phone.
+    bob = { password = "b0b-secret", dial_out = true, max_calls = 2 }  # dial_out: may reach gateways
+
+    [[trunks]]                   # a peer known by source address (carrier, PBX, load balancer)
+    name = "carrier1"
+    addresses = ["192.0.2.0/28", "198.51.100.7"]
+    username = ""                # with password: its INVITEs must also answer a 407 challenge
+    password = ""
+    max_calls = 0                # concurrent calls from it; 0: no limit of its own
+    max_cps = 0                  # new calls per second; 0: no limit
+    dial_out = false             # may its calls reach gateways (StartBridgedCall to a number)
+    flood_exempt = true          # not counted by the flood guard
 
     [[outbound_routes]]          # numbers starting with prefix go to that gateway instead
     prefix = "1800"
     gateway = "sip:10.0.0.2:5060"
+    username = "pbx1"            # optional: credentials that gateway may challenge for
+    password = "..."
 
     [[routes]]                   # which installed app serves an INVITE (after the API's rules)
     match = "1800*"              # Request-URI user glob, or "@domain" glob
@@ -46,7 +74,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .security.access import Trunk, UserAccount
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_APPS = PACKAGE_ROOT / "js_apps"
@@ -69,6 +100,8 @@ def default_data_dir() -> Path:
 class Config:
     listen: str = "0.0.0.0:5060"
     rtp_ports: str = "20000-29999"
+    media_keepalive: str = "silence"  # RTP while nothing plays (media/session.py): silence, cn, off
+    rtcp: bool = True  # RTCP on each leg's odd port (media/rtcp.py)
     app: str = ""  # "": installed apps + routes (DEFAULT_APP serves 'default' until one is installed)
     data_dir: str = ""
     log_level: str = "info"
@@ -78,13 +111,23 @@ class Config:
     task_memory_mb: int = 32
     control: str = ""  # "": 127.0.0.1:5080, best effort (a busy port only logs); "off"; HOST:PORT
     control_token: str = ""
-    routes: list = field(default_factory=list)  # [{"match": PATTERN, "app": NAME}, ...]
+    routes: list[dict[str, Any]] = field(default_factory=list)  # [{"match": PATTERN, "app": NAME}, ...]
     gateway: str = ""  # default gateway for numbers dialled by StartBridgedCall: "sip:HOST:PORT"
-    outbound_routes: list = field(default_factory=list)  # [{"prefix": "1800", "gateway": URI}, ...]
+    gateway_username: str = ""  # digest credentials the default gateway may challenge for
+    gateway_password: str = ""
+    outbound_routes: list[dict[str, Any]] = field(default_factory=list)  # [{"prefix": "1800", "gateway": URI}, ...]
     sip_t1: float = 0.5  # RFC 3261 T1 (s): Timer B/F (no answer -> 408) = 64*T1
-    users: dict = field(default_factory=dict)  # [users] name = "password": accounts that may REGISTER
+    users: dict[str, Any] = field(default_factory=dict)  # [users] name = "password" or {password, dial_out, max_calls}
     realm: str = "softswitch"  # digest realm of those accounts
-    digest_algorithms: list = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order (RFC 8760)
+    digest_algorithms: list[str] = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order (RFC 8760)
+    # ---- who may call, who may dial out, abuse throttling (switch/security/)
+    trunks: list[dict[str, Any]] = field(default_factory=list)  # [[trunks]]: name, addresses, ... (security.access.Trunk)
+    trust_loopback: bool = True  # 127.0.0.1 and ::1 call as "local": may dial out, not flood-counted
+    flood_window: float = 2.0  # pike's sampling_time_unit (s)
+    flood_density: int = 30  # requests per window from one source before it is blocked; 0: off
+    flood_block_seconds: float = 60.0  # a flooding source's requests are dropped this long
+    auth_fail_limit: int = 5  # wrong passwords per source (and per user name) before a block; 0: off
+    auth_block_seconds: float = 600.0  # the counting window and the block time of auth failures
     server_version: bool = False  # Server/User-Agent say "softswitch/VERSION" instead of "softswitch"
     watchdog_s: float = 10.0  # the switch's loop stuck this long (our bug) ends the process; 0: off
     js_workers: int = 0  # JS worker processes; 0: one per core (switch/tasks/pool.py)
@@ -112,6 +155,10 @@ class Config:
     def validate(self) -> None:
         self.listen_addr  # noqa: B018
         self.rtp_range  # noqa: B018
+        if self.media_keepalive not in ("silence", "cn", "off"):
+            raise ConfigError(f'media_keepalive must be "silence", "cn" or "off", not {self.media_keepalive!r}')
+        if not isinstance(self.rtcp, bool):
+            raise ConfigError(f"rtcp must be true or false, not {self.rtcp!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         if self.log_format not in ("text", "json"):
@@ -126,9 +173,16 @@ class Config:
                               "config file, or bind it to 127.0.0.1")
         self.route_rules  # noqa: B018
         self.gateway_rules  # noqa: B018
-        if not isinstance(self.users, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and v for k, v in self.users.items()):
-            raise ConfigError('users must be a [users] table of name = "password" (non-empty)')
+        self.gateway_credentials  # noqa: B018
+        self.accounts  # noqa: B018
+        self.trunk_list  # noqa: B018
+        if not isinstance(self.trust_loopback, bool):
+            raise ConfigError(f"trust_loopback must be true or false, not {self.trust_loopback!r}")
+        _check_range("flood_window", self.flood_window, 0.1, 3600, "seconds")
+        _check_range("flood_density", self.flood_density, 0, 1_000_000, "requests per window (0: off)", whole=True)
+        _check_range("flood_block_seconds", self.flood_block_seconds, 0, 86400, "seconds")
+        _check_range("auth_fail_limit", self.auth_fail_limit, 0, 1000, "failures (0: off)", whole=True)
+        _check_range("auth_block_seconds", self.auth_block_seconds, 1, 86400, "seconds")
         if not 0 <= self.js_workers <= 64:
             raise ConfigError(f"js_workers must be between 1 and 64 (0: one per core), not {self.js_workers}")
         if not 0.05 <= self.task_cpu_seconds <= 3600:
@@ -159,6 +213,41 @@ class Config:
         return rules
 
     @property
+    def gateway_credentials(self) -> dict[str, tuple[str, str]]:
+        """Gateway URI (as configured) -> (username, password) it may challenge for."""
+        out: dict[str, tuple[str, str]] = {}
+        entries = [{"gateway": self.gateway, "username": self.gateway_username, "password": self.gateway_password},
+                   *self.outbound_routes]
+        for entry in entries:
+            user, password = entry.get("username") or "", entry.get("password") or ""
+            if not isinstance(user, str) or not isinstance(password, str) or bool(user) != bool(password):
+                raise ConfigError(f"gateway {entry.get('gateway')!r}: give both username and password (strings) "
+                                  "or neither")
+            if user and entry.get("gateway"):
+                out[str(entry["gateway"])] = (user, password)
+        return out
+
+    @property
+    def accounts(self) -> dict[str, UserAccount]:
+        """[users] as {name: security.access.UserAccount}, checked."""
+        from .security.access import parse_users
+
+        try:
+            return parse_users(self.users)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def trunk_list(self) -> list[Trunk]:
+        """[[trunks]] as security.access.Trunk objects, checked."""
+        from .security.access import parse_trunks
+
+        try:
+            return parse_trunks(self.trunks)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
     def control_addr(self) -> tuple[str, int] | None:
         """The control API's address; None when "off"."""
         if self.control.lower() == "off":
@@ -175,6 +264,13 @@ class Config:
             return [Route.parse(r) for r in self.routes]
         except (RouteError, ValueError) as exc:
             raise ConfigError(f"routes: {exc}") from None
+
+
+def _check_range(name: str, value: object, low: float, high: float, unit: str, whole: bool = False) -> None:
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{name} must be {kind} from {low:g} to {high:g} {unit}, not {value!r}")
 
 
 def _is_loopback(host: str) -> bool:

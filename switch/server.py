@@ -28,8 +28,10 @@ from .calls.bridge import Switchboard
 from .calls.call import AppInfo, Call, TaskSink
 from .calls.engine import CallEngine
 from .calls.registrar import Registrar
+from .calls.outbound import Credentials
 from .calls.routing import OutboundRoutes
 from .config import DEFAULT_APP, Config
+from .security.access import AccessPolicy
 from .control.api import ControlApi
 from .sip.message import SipRequest
 from .sip.transaction import TransactionLayer
@@ -85,7 +87,11 @@ class Switch:
         cfg = self.config
         loop = self.loop
         host, port = cfg.listen_addr
-        self.sip = SipTransport(loop, TransactionLayer(t1=cfg.sip_t1, product=product_name(cfg.server_version)))
+        # Who may call, dial out, and how fast a source may send (switch/security/): the
+        # flood guard sees every request before it is parsed.
+        self.access = AccessPolicy.from_config(cfg)
+        self.sip = SipTransport(loop, TransactionLayer(t1=cfg.sip_t1, product=product_name(cfg.server_version)),
+                                admit=self.access.flood.allow)
         self.bind_ip = host
         self.ports = RtpPortPool(*cfg.rtp_range)
         self.clock = MediaClock(loop)
@@ -104,8 +110,11 @@ class Switch:
             loop, self.sip, self.admission, self.playback,
             open_media=self._open_media, launch=self._launch,
             advertise=cfg.advertise or None,
-            gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules),
-            registrar=Registrar(cfg.users, cfg.realm, algorithms=tuple(cfg.digest_algorithms)),
+            gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules,
+                                    {gw: Credentials(*cred) for gw, cred in cfg.gateway_credentials.items()}),
+            registrar=Registrar(cfg.users, cfg.realm, algorithms=tuple(cfg.digest_algorithms),
+                                failures=self.access.failures),  # REGISTER and INVITE guesses count together
+            access=self.access,
         )
         self.tasks.switchboard = Switchboard(self.engine, self.tasks.post)
         self.watchdog: LoopWatchdog | None = None

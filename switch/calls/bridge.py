@@ -182,13 +182,17 @@ class Switchboard:
         bridge = self._bridge_for(task, handle, "StartBridgedCall")
         if bridge.egress is not None:
             raise CallError("StartBridgedCall: this bridge already has a call")
-        try:
-            target, addr = self.engine.router.route(dest)
-        except CallError as exc:
-            bridge.failure_status = exc.status  # the caller hears why (404: no such user)
-            raise
         call = bridge.call
-        leg = call.add_egress(bridge, target, addr, TaskSink(task.tid, task.post))
+        try:
+            route = self.engine.router.route(dest)
+            refusal = self.engine.access.check_dial(call.caller, route.target, dest, call.now())
+            if refusal is not None:
+                raise CallError(f"StartBridgedCall: {refusal.reason}: {dest!r} is a {route.target.value} and "
+                                f"the caller ({call.caller}) has no dial_out permission", refusal.status)
+        except CallError as exc:
+            bridge.failure_status = exc.status  # the caller hears why (404: no such user, 403)
+            raise
+        leg = call.add_egress(bridge, route.uri, route.addr, TaskSink(task.tid, task.post), route.credentials)
         # The task owns the leg from the start: IsConnected() and Disconnect() see it
         # while the INVITE is being placed.
         task.attach_leg(call.control(leg))

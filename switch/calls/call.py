@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from media.session import MediaSession
 
+from ..security.access import Caller, CallToken
 from ..sip.message import SipRequest
 from ..sip.uri import NameAddr, SipUri
 from ..tasks import events
 from ..tasks.boundary import CallError
 from .inbound import InboundLeg
 from .leg import Confirmed, Ended, Happening, KeyPressed, Leg, MediaChanged, Progress
-from .outbound import OutboundLeg, callee_codecs
+from .outbound import Credentials, OutboundLeg, callee_codecs
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -63,8 +64,11 @@ class AppInfo:
 
 
 class Call:
-    def __init__(self, engine: CallEngine, ingress: InboundLeg) -> None:
+    def __init__(self, engine: CallEngine, ingress: InboundLeg, caller: Caller | None = None,
+                 counted: CallToken | None = None) -> None:
         self.engine = engine
+        self.caller = caller  # who called (trunk, user, local): what it may dial out to
+        self._counted = counted  # against its trunk's or user's max_calls, until closed
         self.id = ingress.call_id
         self.ingress = ingress
         self.legs: list[Leg] = [ingress]
@@ -126,6 +130,8 @@ class Call:
         return self.closed
 
     def _close(self) -> None:
+        if self._counted is not None:
+            self._counted.release()
         for opening in self._opening.values():
             opening.cancel()
         if not self.closed.done():
@@ -262,7 +268,8 @@ class Call:
         self.pump(leg)
 
     # ------------------------------------------------------------------ bridging
-    def add_egress(self, bridge: Bridge, target: SipUri, addr: tuple[str, int], sink: TaskSink) -> OutboundLeg:
+    def add_egress(self, bridge: Bridge, target: SipUri, addr: tuple[str, int], sink: TaskSink,
+                   credentials: Credentials | None = None) -> OutboundLeg:
         """The bridge's outbound leg to ``target`` at ``addr``, owned by the task behind
         ``sink``: the caller's identity, the caller's codec offered first."""
         if self.stopping:
@@ -270,7 +277,8 @@ class Call:
         ingress = self.ingress
         caller = NameAddr.parse(ingress.invite.headers["from"][0])
         leg = OutboundLeg(target, addr, caller, callee_codecs(ingress.sdp.predicted_codec()),
-                          self.engine.local_for(addr[0]), self.now(), over_tcp=self.engine.has_connection(addr))
+                          self.engine.local_for(addr[0]), self.now(), over_tcp=self.engine.has_connection(addr),
+                          credentials=credentials)
         self.legs.append(leg)
         self.engine.adopt(self, leg)
         self.sinks[leg] = sink
@@ -305,6 +313,7 @@ class Call:
             "state": ingress.state.name.lower(),
             "age_s": round(now - ingress.created, 1),
             "task": self.task_id,
+            "caller": str(self.caller) if self.caller is not None else None,
             "legs": [self.leg_info(leg) for leg in self.legs],
         }
 

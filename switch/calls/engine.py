@@ -29,6 +29,8 @@ from ..sip.events import AckReceived, AckTimedOut, RequestReceived, ResponseRece
 from ..sip.message import SipRequest, make_response
 from ..sip.transaction import ClientTransaction, InviteServerTransaction, ServerTransaction
 from ..sip.transport import SipTransport
+from ..security.access import AccessPolicy, Refusal
+from ..sip.uas import uas_refusal
 from ..sip.uri import SipUri
 from ..tasks.boundary import CallError
 from .admission import Admission
@@ -37,7 +39,7 @@ from .inbound import InboundLeg
 from .leg import ALLOW, KNOWN_NOT_ALLOWED, Leg, Local, Respond, Send
 from .offer_answer import SDP, OfferAnswerError, parse_offer
 from .registrar import Registrar
-from .routing import OutboundRoutes, Router
+from .routing import OutboundRoutes, Route, Router
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class CallEngine:
         advertise: str | None = None,
         gateways: OutboundRoutes | None = None,
         registrar: Registrar | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.loop = loop
         self.sip = sip
@@ -67,6 +70,9 @@ class CallEngine:
         self._launch = launch  # picks the app and starts the call's task; raises CallError
         self.advertise = advertise
         self.registrar = registrar or Registrar({})
+        # Who may call and dial out (switch/security/access.py); the default trusts this
+        # host only: a stranger's INVITE gets 403 before anything else happens.
+        self.access = access or AccessPolicy()
         self.router = Router(gateways or OutboundRoutes(), self.registrar, self._is_us)
         self._route_cache: dict[str, str] = {}
         self.calls: dict[str, Call] = {}  # live calls by their ingress leg's key
@@ -102,7 +108,7 @@ class CallEngine:
         return host in ("127.0.0.1", "localhost", self.sip.local_addr[0], self.advertise) or (
             host in self._route_cache.values())
 
-    def route(self, dest: str) -> tuple[SipUri, Addr]:
+    def route(self, dest: str) -> Route:
         return self.router.route(dest)
 
     async def open_media(self, call_id: str) -> MediaSession:
@@ -197,6 +203,16 @@ class CallEngine:
     def _dialog_leg(self, request: SipRequest) -> Leg | None:
         return self._dialogs.get((request.call_id, request.to_tag or "", request.from_tag or ""))
 
+    def _refused(self, txn: ServerTransaction, request: SipRequest) -> bool:
+        """RFC 3261 §8.2.2: a Request-URI scheme we do not serve (416) or a Require we do
+        not support (420 with Unsupported) is refused before anything acts on it."""
+        refusal = uas_refusal(request)
+        if refusal is None:
+            return False
+        status, headers = refusal
+        self._reply(txn, request, status, headers=dict(headers) or None)
+        return True
+
     def _reply(self, txn: ServerTransaction, request: SipRequest, status: int, reason: str | None = None,
                headers: dict[str, str | list[str]] | None = None) -> None:
         self.sip.send_response(txn, make_response(request, status, reason, to_tag=_stateless_tag(request),
@@ -204,7 +220,11 @@ class CallEngine:
 
     def _on_request(self, txn: ServerTransaction, request: SipRequest, now: float) -> None:
         method = request.method
+        if method != "INVITE" and self._refused(txn, request):  # (an INVITE: after who calls)
+            return
         if request.to_tag:
+            if method == "INVITE" and self._refused(txn, request):
+                return
             self._on_in_dialog(txn, request, now)
             return
         max_forwards = request.get("max-forwards")
@@ -275,16 +295,26 @@ class CallEngine:
             self._pump(leg)
 
     def _on_invite(self, txn: InviteServerTransaction, invite: SipRequest, now: float) -> None:
+        # Who calls comes first (RFC 3261 §26.3.2.2 for the 407): a stranger learns nothing
+        # else about us, and no leg, task or media exists for it.
+        caller = self.access.check_invite(invite, txn.addr, now)
+        if isinstance(caller, Refusal):
+            self._reply(txn, invite, caller.status, caller.reason, headers=caller.headers or None)
+            return
         refusal = self.admission.refuse_reason(len(self.calls))
         if refusal is not None:
             self.admission.note_refusal(refusal)
             self._reply(txn, invite, 503, f"Service Unavailable ({refusal})",
                         headers={"retry-after": "30" if self.admission.draining else "1"})
             return
-        # The scheme from the raw text: a URI of another scheme passed parsing as an
-        # absoluteURI (RFC 3261 §25.1) and is refused here, 416 (§21.4.16; RFC 4475 §3.3.2).
-        if invite.uri.partition(":")[0].lower() not in ("sip", "sips", "tel"):
-            self._reply(txn, invite, 416)
+        # A URI of another scheme passed parsing as an absoluteURI (RFC 3261 §25.1) and is
+        # refused here, 416 (§21.4.16; RFC 4475 §3.3.2); so is a Require we lack (420).
+        if self._refused(txn, invite):
+            return
+        if not _accepts_sdp(invite.get("accept")):
+            # §21.4.7: every answer of ours carries SDP, which the caller says it cannot take
+            # (RFC 4475 §3.3.13).
+            self._reply(txn, invite, 406, headers={"accept": SDP, "warning": '399 - "we answer with application/sdp"'})
             return
         offer = None
         if invite.body:
@@ -297,8 +327,8 @@ class CallEngine:
             except OfferAnswerError as exc:
                 self._reply(txn, invite, exc.status, exc.reason, headers=exc.headers)
                 return
-        leg = InboundLeg(txn, invite, offer, self.local_for(txn.addr[0]), now)
-        call = Call(self, leg)
+        leg = InboundLeg(txn, invite, offer, self.local_for(txn.addr[0]), now, caller=str(caller))
+        call = Call(self, leg, caller, self.access.call_started(caller))
         self.calls[leg.key] = call
         self.adopt(call, leg)
         self.calls_started += 1
@@ -321,6 +351,15 @@ def local_ip_towards(peer_host: str, bound_ip: str) -> str:
             return str(probe.getsockname()[0])
     except OSError:
         return "127.0.0.1"
+
+
+def _accepts_sdp(accept: str | None) -> bool:
+    """An absent Accept means application/sdp (RFC 3261 §20.1); else it must be listed,
+    or covered by application/* or */*."""
+    if accept is None or not accept.strip():
+        return True
+    types = {item.split(";")[0].strip().lower() for item in accept.split(",")}
+    return bool(types & {SDP, "application/*", "*/*"})
 
 
 def _stateless_tag(request: SipRequest) -> str:

@@ -20,6 +20,9 @@ from .leg import ALLOW, Confirmed, Leg, LegState, Local, MediaChanged, Respond
 from .offer_answer import SDP, OfferAnswer, OfferAnswerError
 
 
+CALLER_FIELD = "x-softswitch-caller"  # PendingRequestData('X-Softswitch-Caller')
+
+
 class InboundLeg(Leg):
     kind = "call"
     TRANSITIONS = {
@@ -31,12 +34,13 @@ class InboundLeg(Leg):
     }
 
     def __init__(self, txn: InviteServerTransaction, invite: SipRequest, offer: SessionDescription | None,
-                 local: Local, now: float) -> None:
+                 local: Local, now: float, caller: str = "") -> None:
         # offer None: the INVITE had no SDP; we offer in the 200 and the ACK answers.
         super().__init__(invite.call_id, local, LegState.INCOMING, OfferAnswer(local.ip, offer), now)
         self.txn = txn
         invite.freeze()  # kept for the whole call: as GC-untracked data
         self.invite = invite
+        self.caller = caller  # who the access policy says called: trunk:NAME, user:NAME, local
         self.early_media = False  # a 183 with our SDP went out
         self._bye_after_ack = False
 
@@ -62,6 +66,8 @@ class InboundLeg(Leg):
         fields["request-uri"] = fields["ruri"] = fields["uri"] = invite.uri
         fields["method"] = invite.method
         fields["body"] = invite.body.decode("utf-8", "replace")
+        # Ours, never the INVITE's: a header of that name from the caller is overridden.
+        fields[CALLER_FIELD] = self.caller
         return fields
 
     def request_data(self, name: str) -> str | None:

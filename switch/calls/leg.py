@@ -34,6 +34,7 @@ from media.sdp import MediaParams
 from ..sip.dialog import Dialog, new_tag
 from ..sip.message import SipRequest, SipResponse, make_response
 from ..sip.transaction import InviteServerTransaction, ServerTransaction
+from ..sip.uri import join_hostport
 from ..tasks.boundary import CallError
 from .offer_answer import SDP, OfferAnswer, OfferAnswerError
 
@@ -56,11 +57,11 @@ class Local:
     sip_port: int
 
     def contact(self, tcp: bool = False) -> str:
-        return f"<sip:{self.ip}:{self.sip_port}{';transport=tcp' if tcp else ''}>"
+        return f"<sip:{self.sent_by}{';transport=tcp' if tcp else ''}>"
 
     @property
     def sent_by(self) -> str:
-        return f"{self.ip}:{self.sip_port}"
+        return join_hostport(self.ip, self.sip_port)  # an IPv6 address in brackets (RFC 5118 §4.4)
 
 
 # ---------------------------------------------------------------------- outbox

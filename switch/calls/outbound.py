@@ -10,6 +10,10 @@ then BYE), and a second 2xx from a forking proxy (§13.2.2.4: ACK, then BYE).
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
+from ..security.digest import digest_response, parse_digest
 from ..sip.dialog import Dialog
 from ..sip.message import SipRequest, SipResponse
 from ..sip.transaction import make_cancel, new_branch
@@ -17,6 +21,14 @@ from ..sip.uri import NameAddr, SipUri
 from ..tasks.boundary import CallError
 from .leg import ALLOW, Confirmed, Leg, LegState, Local, MediaChanged, Progress, Send, SendStateless
 from .offer_answer import SDP, OfferAnswer, OfferAnswerError
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a gateway may challenge our INVITE for (RFC 3261 §22.2, §22.3)."""
+
+    username: str
+    password: str
 
 
 class OutboundLeg(Leg):
@@ -29,7 +41,8 @@ class OutboundLeg(Leg):
     }
 
     def __init__(self, target: SipUri, addr: tuple[str, int], caller: NameAddr | None,
-                 codecs: tuple[str, ...], local: Local, now: float, over_tcp: bool = False) -> None:
+                 codecs: tuple[str, ...], local: Local, now: float, over_tcp: bool = False,
+                 credentials: Credentials | None = None) -> None:
         super().__init__(f"{new_branch()[7:]}@softswitch", local, LegState.CALLING,
                          OfferAnswer(local.ip, codecs=codecs), now)
         self.target = target
@@ -39,6 +52,8 @@ class OutboundLeg(Leg):
         # go over the connection it opened (RFC 5626 style flow reuse).
         self.over_tcp = over_tcp
         self.invite: SipRequest | None = None
+        self.credentials = credentials
+        self._authenticated = False  # one retry with credentials per call, never a loop
         self.provisional_seen = False
         self.cancelled_by_us = False
         self._invite_open = False  # the INVITE awaits its final response
@@ -132,7 +147,48 @@ class OutboundLeg(Leg):
             self._on_answer(response, now)
         else:
             self._invite_open = False
+            if status in (401, 407) and self._retry_with_credentials(response):
+                return
             self._failed(status, response.reason, now)
+
+    def _retry_with_credentials(self, challenge: SipResponse) -> bool:
+        """RFC 3261 §22.2: a gateway (401) or its proxy (407) asked who we are: send the
+        INVITE again, once, with the credentials of its config entry: same Call-ID and
+        From tag, the next CSeq, a new branch (the transaction layer ACKed the 401)."""
+        if self.credentials is None or self._authenticated or self.ended or self.invite is None:
+            return False
+        asked = "www-authenticate" if challenge.status == 401 else "proxy-authenticate"
+        params = next((p for value in challenge.get_all(asked)
+                       if (p := parse_digest(value)).get("algorithm", "MD5").upper() in ("MD5", "SHA-256")
+                       and p.get("nonce")), None)
+        if params is None:
+            self.log.warning("outbound %s: %d without a Digest challenge we can answer", self.call_id,
+                             challenge.status)
+            return False
+        self._authenticated = True
+        old = self.invite
+        algorithm = params.get("algorithm", "MD5").upper()
+        realm, nonce = params.get("realm", ""), params["nonce"]
+        qop = "auth" if "auth" in [q.strip() for q in params.get("qop", "").split(",")] else None
+        nc, cnonce = ("00000001", os.urandom(8).hex()) if qop else ("", "")
+        user, password = self.credentials.username, self.credentials.password
+        response = digest_response(user, realm, password, "INVITE", old.uri, nonce, qop, nc, cnonce, algorithm)
+        value = (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{old.uri}", '
+                 f'response="{response}", algorithm={algorithm}')
+        if qop:
+            value += f', qop={qop}, nc={nc}, cnonce="{cnonce}"'
+        if "opaque" in params:
+            value += f', opaque="{params["opaque"]}"'
+        headers = {name: list(values) for name, values in old.headers.items()}
+        headers["via"] = [f"SIP/2.0/{'TCP' if self.tcp else 'UDP'} {self.local.sent_by};branch={new_branch()};rport"]
+        headers["cseq"] = [f"{old.cseq.number + 1} INVITE"]
+        headers["authorization" if challenge.status == 401 else "proxy-authorization"] = [value]
+        self.invite = SipRequest("INVITE", old.uri, headers, old.body)
+        self.provisional_seen = False  # a CANCEL waits for this transaction's provisional
+        self.outbox.append(Send(self.invite, self.addr))
+        self._invite_open = True
+        self.log.info("outbound %s: %d from the callee: INVITE again as %s", self.call_id, challenge.status, user)
+        return True
 
     def _on_provisional(self, response: SipResponse) -> None:
         if response.status == 100:
@@ -214,4 +270,4 @@ def callee_codecs(caller_codec: str | None) -> tuple[str, ...]:
     return ("PCMA", "PCMU") if caller_codec == "PCMA" else ("PCMU", "PCMA")
 
 
-__all__ = ["CallError", "OutboundLeg", "callee_codecs"]
+__all__ = ["CallError", "Credentials", "OutboundLeg", "callee_codecs"]

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from ..sip.dialog import uri_address
 from ..sip.uri import NameAddr, SipUri, UriError
+from ..security.access import DialTarget
 from ..tasks.boundary import CallError
+from .outbound import Credentials
 from .registrar import Registrar
 
 Addr = tuple[str, int]
+
+
+class Route(NamedTuple):
+    uri: SipUri  # the Request-URI
+    addr: Addr  # where to send it
+    target: DialTarget  # what it is: dial-out permission depends on it
+    credentials: Credentials | None = None  # what the gateway may challenge us for (401/407)
 
 
 class OutboundRoutes:
     """Gateways for numbers: ``(prefix, gateway URI)`` rules, longest prefix first,
     then the default gateway."""
 
-    def __init__(self, default: str | None = None, routes: list[tuple[str, str]] | None = None) -> None:
-        self.default = SipUri.parse(default) if default else None
-        self.routes = sorted(((p, SipUri.parse(g)) for p, g in routes or []), key=lambda r: -len(r[0]))
+    def __init__(self, default: str | None = None, routes: list[tuple[str, str]] | None = None,
+                 credentials: Mapping[str, Credentials] | None = None) -> None:
+        """``credentials``: by gateway URI as configured, for gateways that challenge."""
+        creds = credentials or {}
+        self.default = (SipUri.parse(default), creds.get(default)) if default else None
+        self.routes = sorted(((p, (SipUri.parse(g), creds.get(g))) for p, g in routes or []),
+                             key=lambda r: -len(r[0]))
 
-    def gateway_for(self, user: str) -> SipUri | None:
+    def gateway_for(self, user: str) -> tuple[SipUri, Credentials | None] | None:
         for prefix, gateway in self.routes:
             if user.startswith(prefix):
                 return gateway
@@ -33,7 +47,7 @@ class Router:
         self.registrar = registrar
         self.is_us = is_us  # does a URI name this switch (then its user part is routed)
 
-    def route(self, dest: str) -> tuple[SipUri, Addr]:
+    def route(self, dest: str) -> Route:
         """The Request-URI and the address to send to. ``dest`` is a SIP URI, a To header
         value (``"Bob" <sip:1000@host>``) or a bare number/user. A URI that points at
         this switch, or a bare number, is routed by its user part: a phone registered as
@@ -47,7 +61,7 @@ class Router:
                 raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number", 400) from None
             if uri.scheme != "tel" and not self.is_us(uri):
                 direct = SipUri("sip", uri.user, uri.host, uri.port)
-                return direct, uri_address(direct)
+                return Route(direct, uri_address(direct), DialTarget.URI)
             user = uri.user or ""
         else:
             user = text
@@ -55,11 +69,12 @@ class Router:
             raise CallError(f"StartBridgedCall: {dest!r} has no user or number to route", 400)
         bindings = self.registrar.lookup(user)
         if bindings:
-            return bindings[-1].target()  # the most recent registration
-        gateway = self.gateways.gateway_for(user)
-        if gateway is None:
+            return Route(*bindings[-1].target(), DialTarget.REGISTERED_USER)  # the most recent
+        found = self.gateways.gateway_for(user)
+        if found is None:
             hint = " (not registered)" if self.registrar.enabled else ""
             raise CallError(f"StartBridgedCall: no route for {user!r}{hint}: configure a gateway "
                             "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)", 404)
+        gateway, credentials = found
         target = SipUri("sip", user, gateway.host, gateway.port)
-        return target, uri_address(target)
+        return Route(target, uri_address(target), DialTarget.GATEWAY, credentials)

@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass
 from collections.abc import Iterable
 
-from .uri import NameAddr, SipUri, UriError, is_token, small_uint, split_commas, split_hostport
+from .uri import (
+    NameAddr, SipUri, UriError, host_address, is_token, same_host, small_uint, split_commas, split_hostport,
+)
 
 
 class SipParseError(ValueError):
@@ -138,6 +140,43 @@ class Via:
     @property
     def branch(self) -> str | None:
         return self.params.get("branch")
+
+    def stamp(self, source: tuple[str, int]) -> bool:
+        """Note where the request really came from (RFC 3261 §18.2.1, RFC 3581 §4); True
+        when a parameter changed. ``received`` is set when the sent-by does not name the
+        source or the client asked with ``rport`` (RFC 3581 §4: then even if identical), and
+        it replaces one the sender wrote itself: responses follow it (§18.2.2), so a forged
+        ``received`` or ``rport`` value would reflect them at a third party. An IPv6 source
+        goes in without brackets (RFC 5118 §4.5)."""
+        host, port = source[0], source[1]
+        params = self.params
+        changed = False
+        rport = "rport" in params
+        received = params.get("received")
+        if received != host and (rport or received is not None or not same_host(self.host, host)):
+            params["received"] = host
+            changed = True
+        if rport and params["rport"] != str(port):
+            params["rport"] = str(port)
+            changed = True
+        return changed
+
+    def response_address(self, source: tuple[str, int]) -> tuple[str, int]:
+        """Where a response goes over UDP once ``stamp(source)`` ran (RFC 3261 §18.2.2 with
+        RFC 3581 §4): the ``received`` address, else the sent-by host, which then names the
+        source (given in the source's own spelling); the ``rport`` port, else the sent-by
+        port or 5060. ``maddr`` is not followed: it is multicast, which we do not serve,
+        and an address a request may pick freely. The host never is a name to resolve: a
+        named sent-by always gets ``received``."""
+        received = self.params.get("received")
+        if received:
+            host = host_address(received)
+        else:
+            host = source[0] if same_host(self.host, source[0]) else host_address(self.host)
+        rport = self.params.get("rport")
+        if rport:
+            return (host, int(rport))
+        return (host, self.port or 5060)
 
     @property
     def sent_by(self) -> str:
@@ -351,15 +390,20 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     """Parse one datagram into a message fully valid for the layers above, or raise
     SipParseError with a reason fit for a 400 (RFC 3261 §7, §8.2, §20, §25; the cases of
     RFC 4475 §3.1.2). There is one strict path: nothing downstream re-checks syntax."""
+    error: str | None = None
     end = data.find(b"\r\n\r\n")
     if end >= 0:
         head, body = data[:end], data[end + 4 :]
     else:
         end = data.find(b"\n\n")  # tolerate bare LF (RFC 3261 §7.5 says be lenient)
-        if end < 0:
-            raise SipParseError("no blank line after the headers (truncated message?)")
-        head, body = data[:end], data[end + 2 :]
-    error: str | None = None
+        if end >= 0:
+            head, body = data[:end], data[end + 2 :]
+        else:
+            # RFC 3261 §7: the empty line is mandatory. Still read the headers, so that a
+            # request is answered 400 rather than dropped (RFC 4475 §3.1.2.15's message
+            # ends right after its last header).
+            error = "no blank line after the headers (truncated message?)"
+            head, body = data.rstrip(b"\r\n"), b""
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -377,7 +421,9 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
             if last is None:
                 error = error or "continuation line before any header"
                 continue
-            last[-1] = f"{last[-1]} {line.strip()}"
+            # A value that starts on the next line (RFC 4475 §3.1.1.1's "TO :") gets no
+            # leading space: HCOLON's LWS is not part of it, and bytes() must round-trip.
+            last[-1] = f"{last[-1]} {line.strip()}" if last[-1] else line.strip()
             continue
         raw, colon, value = line.partition(":")
         name = _NAMES.get(raw)
@@ -543,26 +589,36 @@ def make_error_response(error: SipParseError, addr: tuple[str, int]) -> tuple[Si
     vias = headers.get("via")
     if not vias:
         return None
-    m = _VIA_SENT_BY.match(vias[0])
-    if m is None:
-        return None
-    try:
-        _, port = split_hostport(m.group(1))
-    except UriError:
-        port = None
     top = vias[0]
-    # §18.2.2 / RFC 3581: back to the source address (the "received" we would stamp), to
-    # the source port when asked with rport, else the sent-by port.
-    if re.search(r";\s*rport\b", top, re.IGNORECASE):
-        dest = addr
+    try:
+        via: Via | None = Via.parse(top)
+    except SipParseError:
+        via = None
+    if via is not None:
+        # The same routing as for a request that parsed (received, rport: RFC 3261
+        # §18.2.2, RFC 3581), never the sent-by host as written.
+        via.stamp(addr)
+        dest = via.response_address(addr)
+        top = str(via)
     else:
-        dest = (addr[0], port or 5060)
+        # Only the sent-by port is trusted from a broken Via: the response goes to the
+        # source address, to the source port too when the client asked with rport.
+        m = _VIA_SENT_BY.match(top)
+        if m is None:
+            return None
+        try:
+            _, port = split_hostport(m.group(1))
+        except UriError:
+            port = None
+        rport = re.search(r";\s*rport\b", top, re.IGNORECASE) is not None
+        dest = addr if rport else (addr[0], port or 5060)
+        top = f"{top};received={addr[0]}"
     copied: dict[str, list[str]] = {}
     for name in _COPIED:
         values = headers.get(name)
         if values:
             copied[name] = list(values)
-    copied["via"][0] = f"{top};received={addr[0]}"
+    copied["via"][0] = top
     reason = f"{REASON_PHRASES[error.status]} ({error.reason})"[:120]
     # The reason phrase is TEXT-UTF8 without CR/LF (§25.1): keep our text on one line.
     reason = reason.replace("\r", " ").replace("\n", " ")

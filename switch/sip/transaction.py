@@ -24,6 +24,7 @@ import heapq
 import itertools
 import logging
 import os
+from typing import Any
 from collections import deque
 
 from .events import (
@@ -43,6 +44,9 @@ T2 = 4.0
 T4 = 5.0
 
 Addr = tuple[str, int]
+# A transaction's identity (RFC 3261 §17.1.3, §17.2.3): the branch with the sent-by and the
+# method, or for a request without an RFC 3261 branch the RFC 2543 fields.
+Key = tuple[object, ...]
 
 
 class TransactionError(RuntimeError):
@@ -83,7 +87,7 @@ class Transaction:
     TRANSITIONS: dict[State, frozenset[State]] = {}
     kind = "transaction"
 
-    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+    def __init__(self, layer: TransactionLayer, key: Key, request: SipRequest, addr: Addr,
                  state: State, reliable: bool = False) -> None:
         self.layer = layer
         self.reliable = reliable  # over TCP: no retransmissions, no wait for stray copies
@@ -178,7 +182,7 @@ class InviteServerTransaction(ServerTransaction):
         State.TERMINATED: frozenset(),
     }
 
-    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+    def __init__(self, layer: TransactionLayer, key: Key, request: SipRequest, addr: Addr,
                  now: float, reliable: bool = False) -> None:
         super().__init__(layer, key, request, addr, State.PROCEEDING, reliable)
         self.acked = False
@@ -254,7 +258,7 @@ class NonInviteServerTransaction(ServerTransaction):
     kind = "NIST"
     TRANSITIONS = _NON_INVITE_TRANSITIONS
 
-    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+    def __init__(self, layer: TransactionLayer, key: Key, request: SipRequest, addr: Addr,
                  now: float, reliable: bool = False) -> None:
         super().__init__(layer, key, request, addr, State.TRYING, reliable)
 
@@ -285,7 +289,7 @@ class NonInviteServerTransaction(ServerTransaction):
 
 # --------------------------------------------------------------------------- client side
 class ClientTransaction(Transaction):
-    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+    def __init__(self, layer: TransactionLayer, key: Key, request: SipRequest, addr: Addr,
                  state: State, reliable: bool = False) -> None:
         super().__init__(layer, key, request, addr, state, reliable)
         self.sent_request = request  # clients keep theirs: the TU builds ACK/CANCEL from it
@@ -311,7 +315,7 @@ class InviteClientTransaction(ClientTransaction):
         State.TERMINATED: frozenset(),
     }
 
-    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+    def __init__(self, layer: TransactionLayer, key: Key, request: SipRequest, addr: Addr,
                  now: float, reliable: bool = False) -> None:
         super().__init__(layer, key, request, addr, State.CALLING, reliable)
         self._interval = layer.t1
@@ -365,7 +369,7 @@ class NonInviteClientTransaction(ClientTransaction):
     kind = "NICT"
     TRANSITIONS = _NON_INVITE_TRANSITIONS
 
-    def __init__(self, layer: TransactionLayer, key: tuple, request: SipRequest, addr: Addr,
+    def __init__(self, layer: TransactionLayer, key: Key, request: SipRequest, addr: Addr,
                  now: float, reliable: bool = False) -> None:
         super().__init__(layer, key, request, addr, State.TRYING, reliable)
         self._interval = layer.t1
@@ -436,8 +440,8 @@ class TransactionLayer:
         # peers see what they talk to; set on everything the layer sends, our own 100s and
         # ACKs included. "" sends neither.
         self.product = product
-        self._server: dict[tuple, ServerTransaction] = {}
-        self._client: dict[tuple, ClientTransaction] = {}
+        self._server: dict[Key, ServerTransaction] = {}
+        self._client: dict[Key, ClientTransaction] = {}
         self._accepted: dict[tuple[str, int], InviteServerTransaction] = {}
         self._timers: list[tuple[float, int, Transaction, str]] = []
         # Server transactions whose only duty left is to answer or absorb retransmissions
@@ -445,8 +449,8 @@ class TransactionLayer:
         # key -> (final to resend or None, address), expiring from a heap of (deadline, key).
         # Tuples of strings, bytes and numbers are untracked by the garbage collector, so the
         # ~25k of them at 400 calls/s cost a full collection nothing (as full objects: 40 ms).
-        self._lingering: dict[tuple, tuple[bytes | None, Addr]] = {}
-        self._linger_heap: list[tuple[float, tuple]] = []
+        self._lingering: dict[Key, tuple[bytes | None, Addr]] = {}
+        self._linger_heap: list[tuple[float, Key]] = []
         self._stale_timers = 0  # heap entries of stopped timers (they pin their transactions)
         self._seq = itertools.count()
         self._out: list[tuple[bytes, Addr]] = []
@@ -576,16 +580,18 @@ class TransactionLayer:
         txn.receive_response(response, now)
 
     @staticmethod
-    def _server_key(request: SipRequest, method: str) -> tuple:
+    def _server_key(request: SipRequest, method: str) -> Key:
         via = request.via
         branch = via.branch
-        if branch and branch.startswith(MAGIC_COOKIE):
+        if branch and len(branch) > len(MAGIC_COOKIE) and branch.startswith(MAGIC_COOKIE):
             return (branch, via.sent_by, method)
         # §17.2.3: RFC 2543 peers have no magic cookie; match on the request's identity.
+        # So does a branch that is the bare cookie (RFC 4475 §3.2.1): every request from
+        # that peer would otherwise share one key and look like a retransmission.
         return ("2543", request.call_id, request.from_tag, request.cseq.number, via.sent_by,
                 branch, method)
 
-    def _linger(self, key: tuple, until: float, reply: bytes | None, addr: Addr) -> None:
+    def _linger(self, key: Key, until: float, reply: bytes | None, addr: Addr) -> None:
         self._lingering[key] = (reply, addr)
         heapq.heappush(self._linger_heap, (until, key))
 
@@ -599,7 +605,7 @@ class TransactionLayer:
             self._stale_timers = 0
 
     def _forget(self, txn: Transaction) -> None:
-        table: dict = self._client if isinstance(txn, ClientTransaction) else self._server
+        table: dict[Key, Any] = self._client if isinstance(txn, ClientTransaction) else self._server
         if table.get(txn.key) is txn:
             del table[txn.key]
 
@@ -607,23 +613,11 @@ class TransactionLayer:
 def stamp_via(request: SipRequest, addr: Addr) -> None:
     """§18.2.1 and RFC 3581: note where the request really came from in its top Via."""
     via = request.via
-    changed = False
-    if via.host != addr[0]:
-        via.params["received"] = addr[0]
-        changed = True
-    if "rport" in via.params and via.params["rport"] is None:
-        via.params["rport"] = str(addr[1])
-        changed = True
-    if changed:
+    if via.stamp(addr):
         request.headers["via"][0] = str(via)
 
 
 def response_address(request: SipRequest, addr: Addr) -> Addr:
-    """§18.2.2 with RFC 3581: received/rport if present, else the Via's sent-by."""
-    via = request.via
-    host = via.params.get("received") or via.host
-    rport = via.params.get("rport")
-    if rport:
-        return (host, int(rport))
-    return (host, via.port or 5060)
-
+    """§18.2.2 with RFC 3581: received/rport if present, else the Via's sent-by (see
+    ``Via.response_address``; the request has been stamped with its source ``addr``)."""
+    return request.via.response_address(addr)

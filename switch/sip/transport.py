@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from .events import SipEvent
@@ -68,8 +69,13 @@ class _SipStream(asyncio.Protocol):
 
 
 class SipTransport(asyncio.DatagramProtocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop, layer: TransactionLayer | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, layer: TransactionLayer | None = None,
+                 admit: Callable[[str, float], bool] | None = None) -> None:
         self.loop = loop
+        # The flood guard (switch/security/ratelimit.py): asked per request, before any
+        # parsing; a source it refuses is dropped silently (a 503 would amplify the flood).
+        self.admit = admit
+        self.flood_dropped = 0
         self.layer = layer if layer is not None else TransactionLayer()  # (an empty layer is falsy)
         self.user: TransactionUser | None = None
         self.transport: asyncio.DatagramTransport | None = None
@@ -84,7 +90,7 @@ class SipTransport(asyncio.DatagramProtocol):
 
     async def listen(self, host: str, port: int) -> None:
         transport, _ = await self.loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         sock_host, sock_port = transport.get_extra_info("sockname")[:2]
         self.local_addr = (sock_host, sock_port)
         self._tcp_server = await self.loop.create_server(lambda: _SipStream(self), sock_host, sock_port)
@@ -101,12 +107,16 @@ class SipTransport(asyncio.DatagramProtocol):
                 stream.transport.close()
 
     # ---- asyncio callbacks
-    def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
         if len(data) <= 4 and not data.strip():
             return  # RFC 5626 CRLF keepalive
         self._message_received(data, addr[:2], reliable=False)
 
     def _message_received(self, data: bytes, addr: Addr, reliable: bool) -> None:
+        # Responses are not counted: a busy gateway's 18x/200s are answers to us.
+        if self.admit is not None and not data.startswith(b"SIP/2.0 ") and not self.admit(addr[0], self.loop.time()):
+            self.flood_dropped += 1
+            return
         try:
             msg: SipMessage = parse_message(data)  # fully validated, or SipParseError
         except SipParseError as exc:

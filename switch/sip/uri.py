@@ -5,7 +5,9 @@ Own code for the same reason as message.py: it runs for every request.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 
 class UriError(ValueError):
@@ -75,13 +77,17 @@ def split_commas(value: str) -> list[str]:
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:
-    """``host``, ``host:port`` or ``[v6]:port`` (RFC 3261 §25.1 hostport)."""
+    """``host``, ``host:port`` or ``[v6]:port`` (RFC 3261 §25.1 hostport). An IPv6 reference
+    keeps its brackets in the host (that is how it is written back into a header) and must
+    hold a valid address (RFC 5118 §4.1, §4.2); nothing but ``:port`` may follow the ``]``."""
     if text.startswith("["):  # IPv6 reference
         end = text.find("]")
-        if end < 0:
-            raise UriError(f"bad IPv6 host {text!r}")
+        if end < 0 or not is_ipv6_address(text[1:end]):
+            raise UriError(f"bad IPv6 reference in {text[:60]!r}")
         host, rest = text[: end + 1], text[end + 1 :]
-        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and rest[0] != ":":
+            raise UriError(f"junk after the IPv6 reference in {text[:60]!r}")
+        port_text = rest[1:]
     else:
         host, _, port_text = text.partition(":")
         if "]" in host or "[" in host:
@@ -92,6 +98,79 @@ def split_hostport(text: str) -> tuple[str, int | None]:
             raise UriError(f"bad port in {text[:60]!r}")
         return host, port
     return host, None
+
+
+def is_ipv6_address(text: str) -> bool:
+    """``text`` (without brackets) is an IPv6 address. RFC 3261's ABNF, taken from RFC 2373,
+    also derives ``2001:db8:::192.0.2.1`` (three colons before an embedded IPv4 address); RFC
+    5118 §4.10 asks receivers to tolerate it, so it is read as the ``::`` it means."""
+    known = _IPV6_SEEN.get(text)
+    if known is not None:
+        return known
+    valid = bool(text) and text.isascii() and (
+        _ipv6(text) or (text.count(":::") == 1 and _ipv6(text.replace(":::", "::"))))
+    if len(_IPV6_SEEN) < 4096:  # bounded: a flood of odd addresses must not grow it
+        _IPV6_SEEN[text] = valid
+    return valid
+
+
+# ipaddress takes ~4 µs an address, twice an IPv6 INVITE (Request-URI, Via); peers send
+# the same few addresses again and again, so the verdicts are kept (like _NAMES in message.py).
+_IPV6_SEEN: dict[str, bool] = {}
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def host_address(host: str) -> str:
+    """A Via or URI host as the socket API writes the address: an IPv6 reference loses
+    its brackets (RFC 3261 §19.1.1 ``IPv6reference``; the ``received`` parameter may come
+    with or without them, RFC 5118 §4.5)."""
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
+
+
+def join_hostport(address: str, port: int | None = None) -> str:
+    """The ``hostport`` (RFC 3261 §25.1) for an address as the socket API writes it, for
+    the Via sent-by and Contact we send: an IPv6 address goes in brackets (RFC 5118 §4.4:
+    the port after the ``]``)."""
+    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
+    return host if port is None else f"{host}:{port}"
+
+
+def same_host(host: str, address: str) -> bool:
+    """Does a Via sent-by ``host`` name the source ``address`` a datagram came from?
+    IPv6 has many spellings of one address (``[2001:DB8::0:1]`` is ``2001:db8::1``), so
+    IPv6 hosts compare as addresses; anything else (IPv4, a host name) as text."""
+    if host == address:
+        return True
+    bare = host_address(host)
+    if bare == address:
+        return True
+    if ":" not in bare or ":" not in address:
+        return False
+    try:
+        return ipaddress.IPv6Address(bare.replace(":::", "::")) == ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+
+
+def unescape(text: str) -> str:
+    """Undo RFC 3261 §25.1 ``escaped`` (%HH) in a URI component, once: the application
+    must treat an escape as the octet it stands for (RFC 4475 §3.1.1.3) but never unescape
+    twice (``value%25%34%31`` is ``value%41``, RFC 3986 §2.4). Octets that are not UTF-8,
+    and NUL (RFC 4475 §3.1.1.4), survive: the result is not shortened at a NUL, and a
+    non-UTF-8 octet becomes a lone surrogate that ``.encode(errors="surrogateescape")``
+    turns back into it."""
+    if "%" not in text:
+        return text
+    return unquote(text, errors="surrogateescape")
 
 
 def _parse_params(text: str) -> dict[str, str | None]:

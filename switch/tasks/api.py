@@ -233,7 +233,8 @@ VERBS: list[JsVerb] = [
         "string | null",
         None,
         "A header or field of the inbound INVITE: `'To'`, `'From'`, `'Request-URI'`, any header "
-        "name; `null` if absent.",
+        "name; `null` if absent. `'X-Softswitch-Caller'` is who the switch admitted the call from "
+        "(`trunk:NAME`, `user:NAME` or `local`), never the INVITE's own header of that name.",
         _pending_request_data,
         section="call",
     ),

@@ -28,6 +28,7 @@ from .harness import (
     SippResult,
     dbfs,
     free_rtp_range,
+    free_udp_port,
     g711_decode,
     g711_encode,
     media_dest,
@@ -331,3 +332,27 @@ def test_100_bridged_calls_at_20_per_second_held_10s(switch, bridge_app, sipp_bg
     assert rs.ok and rs.successful == n and rs.failed == 0, rs.describe(3000)
     assert took < 25, f"100 calls at 20/s held 10 s took {took:.1f}s"
     stop_clean(sw, settle=1.0)
+
+
+# --------------------------------------------------------------------------- a gateway that challenges
+def test_a_gateway_that_challenges_gets_our_credentials(switch, bridge_app, sipp_bg, tmp_path, rtp_sink: RtpSink):
+    """Issue 9 point 5: the gateway answers our INVITE 401; the switch sends it again once
+    with digest credentials from the config, the gateway (SIPp's verifyauth) accepts them
+    and the call is bridged."""
+    uas = sipp_bg("uas_auth_answer", f"{LOCALHOST}:9", sip_port=free_udp_port(),
+                  keys={"rtpport": 9, "user": "pbx1", "pass": "g4teway-secret"}, timeout=15)
+    time.sleep(0.15)
+    config = tmp_path / "gateway.toml"
+    config.write_text('gateway_username = "pbx1"\ngateway_password = "g4teway-secret"\n')
+    sw = start_bridge_switch(switch, bridge_app(), uas.sip_port, "--config", str(config))
+    uac = sipp_bg("uac_pcmu_wait_bye", sw, keys={"rtpport": rtp_sink.port}, timeout=12)
+    time.sleep(1.5)
+    sw.stop()  # the switch hangs up: the caller and the gateway get BYE
+    rc, rs = uac.wait(), uas.wait()
+    assert rc.final_status() == 200, both(rc, rs)
+    invites = rs.received("INVITE")
+    assert len(invites) == 2, both(rc, rs)
+    assert "Authorization:" not in invites[0].text and 'username="pbx1"' in invites[1].text
+    assert re.search(r"CSeq:\s*2 INVITE", invites[1].text), invites[1].text
+    assert uas.wait_log(r"auth cseq=2 valid=true", 1.0)
+    assert rs.received("BYE"), both(rc, rs)

@@ -16,6 +16,7 @@ from switch.calls.bridge import Switchboard
 from switch.calls.call import Call, LegControl, TaskSink
 from switch.calls.engine import CallEngine
 from switch.calls.routing import OutboundRoutes
+from switch.security.access import Caller, CallerKind
 from switch.sip.message import SipRequest, SipResponse, make_response, parse_message
 from switch.sip.transaction import TransactionLayer
 from switch.tasks import events
@@ -329,3 +330,33 @@ def test_callee_failure_reaches_the_caller_with_its_status(loop: asyncio.Abstrac
     rig.controls[1].disconnect()
     assert statuses(rig.sip.take()) == [status]
     rig.assert_nothing_left()
+
+
+# ---------------------------------------------------------------------- who may call, dial out
+def test_a_stranger_gets_403_before_any_call_exists(loop: asyncio.AbstractEventLoop) -> None:
+    rig = Rig(loop)
+    rig.sip.deliver(invite(), ("192.0.2.9", 5060))
+    assert statuses(rig.sip.take()) == [100, 403]
+    assert rig.events == {} and rig.media == []
+    rig.assert_nothing_left()
+
+
+def test_the_app_sees_who_called_never_the_invites_own_claim(loop: asyncio.AbstractEventLoop) -> None:
+    rig = Rig(loop)
+    forged = invite().replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nX-Softswitch-Caller: trunk:bank\r\n")
+    rig.sip.deliver(forged, PHONE)
+    assert rig.controls[1].request_data("X-Softswitch-Caller") == "local"
+    assert rig.controls[1].request_fields()["x-softswitch-caller"] == "local"  # type: ignore[index]
+
+
+def test_a_user_without_dial_out_reaches_no_gateway(loop: asyncio.AbstractEventLoop) -> None:
+    rig = Rig(loop)
+    egress, offer = bridge(rig)
+    call = next(iter(rig.engine.calls.values()))
+    call.caller = Caller(CallerKind.USER, "alice", False, "192.0.2.5")  # as a 407-proven alice would be
+    with pytest.raises(CallError, match="no dial_out permission") as refused:
+        rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    assert refused.value.status == 403 and rig.sip.take() == []  # no INVITE left the switch
+    assert call.bridge is not None and call.bridge.failure_status == 403
+    rig.controls[1].disconnect()
+    assert statuses(rig.sip.take()) == [403]

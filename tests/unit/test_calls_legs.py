@@ -11,7 +11,8 @@ import pytest
 from switch.calls.inbound import InboundLeg
 from switch.calls.leg import Confirmed, Ended, KeyPressed, Leg, Local, MediaChanged, Progress, Respond, Send, SendStateless
 from switch.calls.offer_answer import OfferAnswerError, parse_offer
-from switch.calls.outbound import OutboundLeg
+from switch.calls.outbound import Credentials, OutboundLeg
+from switch.security.digest import digest_response, parse_digest
 from switch.sip.message import SipRequest, SipResponse, make_response, parse_message
 from switch.sip.uri import SipUri
 from switch.tasks.boundary import CallError
@@ -350,3 +351,44 @@ def test_offer_errors_carry_the_sip_status() -> None:
     with pytest.raises(OfferAnswerError) as garbage:
         parse_offer(b"hello")
     assert garbage.value.status == 400 and (garbage.value.reason or "").startswith("Bad SDP")
+
+
+# ---------------------------------------------------------------------- a gateway that challenges
+def challenge(leg: OutboundLeg, status: int, qop: bool = True) -> SipResponse:
+    assert leg.invite is not None
+    name = "www-authenticate" if status == 401 else "proxy-authenticate"
+    value = 'Digest realm="carrier", nonce="n0nce", algorithm=MD5' + (', qop="auth,auth-int"' if qop else "")
+    return parse_response(make_response(leg.invite, status, to_tag="gw", headers={name: value}))
+
+
+@pytest.mark.parametrize("status, header", [(401, "authorization"), (407, "proxy-authorization")])
+def test_a_challenged_invite_is_sent_again_once_with_credentials(status: int, header: str) -> None:
+    leg = OutboundLeg(SipUri.parse("sip:1000@127.0.0.1:5090"), ("127.0.0.1", 5090), None, ("PCMU",), LOCAL,
+                      now=5.0, credentials=Credentials("pbx1", "s3cret"))
+    leg.media_opened(30002)
+    leg.start(now=5.0)
+    (first,) = leg.take_outbox()
+    leg.on_response("INVITE", challenge(leg, status), now=5.1)
+    (again,) = leg.take_outbox()
+    assert isinstance(first, Send) and isinstance(again, Send)
+    retry = again.request
+    # RFC 3261 §22.2: same Call-ID and From tag, the next CSeq, a new branch, the same offer.
+    assert retry.call_id == first.request.call_id and retry.from_tag == first.request.from_tag
+    assert retry.cseq.number == 2 and retry.via.branch != first.request.via.branch
+    assert retry.body == first.request.body and retry.to_tag is None
+    auth = parse_digest(retry.get(header) or "")
+    expected = digest_response("pbx1", "carrier", "s3cret", "INVITE", retry.uri, "n0nce", "auth", auth["nc"],
+                               auth["cnonce"], "MD5")
+    assert auth["username"] == "pbx1" and auth["uri"] == retry.uri and auth["response"] == expected
+    assert leg.take_happenings() == [] and not leg.finished
+    leg.on_response("INVITE", challenge(leg, status), now=5.2)  # wrong credentials: no loop
+    assert leg.take_outbox() == [] and leg.finished
+    (ended,) = leg.take_happenings()
+    assert ended.status == status and ended.by_peer
+
+
+def test_without_credentials_a_challenge_is_a_failure() -> None:
+    leg = outbound()
+    leg.take_outbox()
+    leg.on_response("INVITE", challenge(leg, 407, qop=False), now=5.1)
+    assert leg.take_outbox() == [] and leg.finished and leg.end_status == 407

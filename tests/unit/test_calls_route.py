@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from switch.calls.engine import CallEngine, OutboundRoutes
+from switch.calls.outbound import Credentials
 from switch.tasks.boundary import CallError
 
 
@@ -32,7 +33,8 @@ def engine(default="sip:10.0.0.1:5060", routes=(("1800", "sip:10.0.0.2:5080"),))
     ("tel:+4930123", "sip:+4930123@10.0.0.1:5060"),
 ])
 def test_route(dest, expected):
-    uri, addr = engine().route(dest)
+    route = engine().route(dest)
+    uri, addr = route.uri, route.addr
     assert str(uri) == expected and addr == (uri.host, uri.port)
 
 
@@ -41,3 +43,15 @@ def test_no_gateway_is_a_clear_error():
         engine(default=None, routes=()).route("1000")
     with pytest.raises(CallError, match="not a SIP URI"):
         engine().route("sip:")
+
+
+def test_a_gateways_credentials_travel_with_its_routes() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        e = CallEngine(loop, FakeSip(), None, None, open_media=None, launch=None,  # type: ignore[arg-type]
+                       gateways=OutboundRoutes("sip:10.0.0.1:5060", [("1800", "sip:10.0.0.2:5080")],
+                                               {"sip:10.0.0.2:5080": Credentials("pbx1", "pw")}))
+    finally:
+        loop.close()
+    assert e.route("18005551234").credentials == Credentials("pbx1", "pw")
+    assert e.route("1000").credentials is None and e.route("sip:bob@192.0.2.7").credentials is None

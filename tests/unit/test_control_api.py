@@ -19,6 +19,7 @@ from switch.calls.call import AppInfo, Call, TaskSink
 from switch.calls.inbound import InboundLeg
 from switch.calls.leg import Local
 from switch.control.api import ControlApi
+from switch.security.access import Caller, CallerKind
 from switch.sip.message import parse_message
 from switch.tasks.app import JsApp
 
@@ -37,7 +38,7 @@ def fake_switch(tmp_path: Path, *, single_app: bool = False) -> Any:
     invite = parse_message(INVITE)
     engine = SimpleNamespace(loop=loop, live_calls=lambda: 1, calls_started=1, legs={})
     leg = InboundLeg(SimpleNamespace(reliable=False), invite, None, Local("127.0.0.1", 5060), loop.time() - 3)  # type: ignore[arg-type]
-    call = Call(engine, leg)  # type: ignore[arg-type]
+    call = Call(engine, leg, Caller(CallerKind.USER, "alice", False, "192.0.2.5"))  # type: ignore[arg-type]
     call.app = AppInfo(app.name, app.version, app.root)
     call.sinks[leg] = TaskSink(7, lambda event: True)
     engine.calls = {leg.key: call}
@@ -88,7 +89,7 @@ def test_calls_status_and_json_errors(tmp_path: Path) -> None:
         assert calls == [{"id": "call-1", "app": "sales", "commit": "c0ffee" * 6 + "abcd",
                           "from": "sip:alice@example.com", "to": "sip:2000@pbx.example.com",
                           "request_uri": "sip:2000@pbx.example.com", "state": "incoming", "age_s": 3.0, "task": 7,
-                          "legs": [{"kind": "call", "sip_call_id": "call-1", "state": "incoming", "task": 7,
+                          "caller": "user:alice", "legs": [{"kind": "call", "sip_call_id": "call-1", "state": "incoming", "task": 7,
                                     "codec": None, "rtp": None}]}]
         s = await (await http.get("/status")).json()
         assert s["live_calls"] == 1 and s["live_legs"] == 1 and s["live_tasks"] == 1 and s["mode"] == "installed"

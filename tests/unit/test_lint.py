@@ -17,12 +17,13 @@ def test_ruff_is_clean():
 
 
 # Strict mypy, package by package as each is made clean (issue 8 asks for all of switch/
-# and media/; the task runtime, which crosses into C through ctypes, goes first).
-STRICT = ["switch/tasks"]
+# and media/): switch/ is; media/ follows. Modules imported from outside the list are
+# read for their types but not checked (--follow-imports=silent).
+STRICT = ["switch"]
 
 
 def test_mypy_strict_is_clean():
     mypy = shutil.which("mypy") or str(Path(sys.executable).parent / "mypy")
-    result = subprocess.run([mypy, "--strict", "--ignore-missing-imports", *STRICT], cwd=REPO,
+    result = subprocess.run([mypy, "--strict", "--ignore-missing-imports", "--follow-imports=silent", *STRICT], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -6,10 +6,12 @@ OPTIONS; the RFC's own messages as byte-exact fixtures are still to come (issue 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 import pytest
 
 from switch.calls.engine import CallEngine
+from switch.security.access import AccessPolicy, Trunk
 from switch.sip import transport as transport_mod
 from switch.sip.message import (
     SipParseError, SipResponse, Via, make_error_response, parse_message,
@@ -46,8 +48,10 @@ def dispatch(data: bytes) -> list[SipResponse]:
     loop = asyncio.new_event_loop()
     try:
         sip = _Sip()
+        # The source is a trunk: these cases are about parsing, not about who may call.
+        carrier = Trunk("carrier", (ipaddress.ip_network("192.0.2.0/24"),))
         engine = CallEngine(loop, sip, _Admission(), None, open_media=None,  # type: ignore[arg-type]
-                            launch=None)  # type: ignore[arg-type]
+                            launch=None, access=AccessPolicy([carrier]))  # type: ignore[arg-type]
         sip.layer.receive(parse_message(data), SOURCE, 0.0)
         while (event := sip.layer.next_event()) is not None:
             engine.handle_sip_event(event)
