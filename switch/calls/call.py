@@ -34,6 +34,7 @@ from ..security.access import Caller, CallToken
 from ..sip.message import SipRequest
 from ..sip.uri import NameAddr, SipUri
 from ..tasks import events
+from ..tasks.api import LEG_METHODS
 from ..tasks.boundary import CallError
 from .inbound import InboundLeg
 from .leg import Confirmed, Ended, Happening, KeyPressed, Leg, MediaChanged, Progress
@@ -361,6 +362,12 @@ class LegControl:
 
     def __repr__(self) -> str:
         return f"<LegControl {self.leg!r}>"
+
+    def verb(self, name: str, *args: Any) -> Any:
+        """A call verb, by the method its export-table entry names (``LEG_METHODS``)."""
+        if name not in LEG_METHODS:
+            raise CallError(f"no call verb {name!r}")
+        return getattr(self, name)(*args)
 
     def _inbound(self, verb: str) -> InboundLeg:
         if not isinstance(self.leg, InboundLeg):

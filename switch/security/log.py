@@ -23,10 +23,13 @@ replayed       credentials whose nonce count did not go up (RFC 7616 §3.4)
 dial-refused   ``StartBridgedCall`` towards a gateway by a caller without dial-out rights
 =============  ===========================================================================
 
-A sample fail2ban filter (``/etc/fail2ban/filter.d/softswitch.conf``)::
+A sample fail2ban filter (``/etc/fail2ban/filter.d/softswitch.conf``; README "Security"
+has the jail). fail2ban cuts the timestamp out of a log file's line before matching, and a
+journal line starts ``host ident[pid]:``, so the regex takes the line with or without
+either::
 
     [Definition]
-    failregex = ^\\S+ WARNING\\s+security\\s+SECURITY (?:refused|auth-failed|blocked) source=<HOST>(?: |$)
+    failregex = ^\\s*(?:\\S+\\s+)?(?:\\S+\\[\\d+\\]:\\s+)?(?:\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(?:\\.\\d+)?Z\\s+)?WARNING\\s+security\\s+SECURITY (?:refused|auth-failed|blocked) source=<HOST>(?: |$)
 """
 
 from __future__ import annotations

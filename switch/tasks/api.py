@@ -73,6 +73,11 @@ class JsVerb:
     section: str = "task"
     blocking: bool = False  # may suspend the task (for the docs)
     js_pre: str | None = field(default=None, repr=False)  # extra JS check before crossing
+    # A call verb: the ``CallControl`` method (on the switch side, ``switch.calls.call.
+    # LegControl``) that implements it; ``impl`` then just checks and forwards the
+    # arguments. Adding a call verb is this entry plus that method: the JS workers and
+    # the switch find the method by this name (``LEG_METHODS``).
+    leg_method: str | None = None
 
     @property
     def signature(self) -> str:
@@ -111,38 +116,28 @@ def _read_input(task: Task, timeout: float | None = None) -> events.Event | None
     return task.read_input(timeout)
 
 
-def _pending_request_data(task: Task, name: str) -> Any:
-    return task.call_leg().request_data(name)
+def _on_leg(method: str, check: Callable[..., tuple[Any, ...]] | None = None) -> Callable[..., Any]:
+    """The impl of a call verb: ``check(*args)`` (raises ScriptTypeError, returns the
+    arguments as the method takes them), then the task's leg's ``method``."""
+
+    def impl(task: Task, *args: Any) -> Any:
+        return task.call_leg().verb(method, *(check(*args) if check is not None else args))
+
+    return impl
 
 
-def _provision_call(task: Task) -> Any:
-    return task.call_leg().provision()
-
-
-def _accept_call(task: Task) -> Any:
-    return task.call_leg().accept()
-
-
-def _reject_call(task: Task, code: int, reason: str | None = None) -> Any:
+def _reject_args(code: int, reason: str | None = None) -> tuple[Any, ...]:
     if not 300 <= code <= 699:
         raise ScriptTypeError(f"code must be a final error status 300-699, not {code}")
-    return task.call_leg().reject(code, reason)
+    return code, reason
 
 
-def _play_file(task: Task, url: str, loop: bool | None = None) -> Any:
-    return task.call_leg().play_file(url, bool(loop))
-
-
-def _stop_play(task: Task) -> Any:
-    return task.call_leg().stop_play()
+def _play_args(url: str, loop: bool | None = None) -> tuple[Any, ...]:
+    return url, bool(loop)
 
 
 def _is_connected(task: Task) -> bool:
     return task.leg is not None and task.leg.is_connected()
-
-
-def _disconnect(task: Task) -> Any:
-    return task.call_leg().disconnect()
 
 
 def _switchboard(task: Task) -> Any:
@@ -235,8 +230,9 @@ VERBS: list[JsVerb] = [
         "A header or field of the inbound INVITE: `'To'`, `'From'`, `'Request-URI'`, any header "
         "name; `null` if absent. `'X-Softswitch-Caller'` is who the switch admitted the call from "
         "(`trunk:NAME`, `user:NAME` or `local`), never the INVITE's own header of that name.",
-        _pending_request_data,
+        _on_leg("request_data"),
         section="call",
+        leg_method="request_data",
     ),
     JsVerb(
         "ProvisionCall",
@@ -244,8 +240,9 @@ VERBS: list[JsVerb] = [
         "void",
         None,
         "Send a provisional answer (180 Ringing, or 183 with SDP for early media).",
-        _provision_call,
+        _on_leg("provision"),
         section="call",
+        leg_method="provision",
     ),
     JsVerb(
         "AcceptCall",
@@ -253,8 +250,9 @@ VERBS: list[JsVerb] = [
         "void",
         None,
         "Answer: 200 OK with our SDP; returns once it is sent, throws if the call is gone.",
-        _accept_call,
+        _on_leg("accept"),
         section="call",
+        leg_method="accept",
         blocking=True,
     ),
     JsVerb(
@@ -263,8 +261,9 @@ VERBS: list[JsVerb] = [
         "void",
         None,
         "Refuse an unanswered call with a final status 300-699 (e.g. 486, 404, 503).",
-        _reject_call,
+        _on_leg("reject", _reject_args),
         section="call",
+        leg_method="reject",
     ),
     JsVerb(
         "PlayFile",
@@ -274,11 +273,13 @@ VERBS: list[JsVerb] = [
         "Play audio to the caller: a file path inside the app, `file://` or `http(s)://`; WAV, "
         "MP3, OGG. Returns once playing starts (throws if the file cannot be played); a "
         "`PlayFileCompleted` event arrives at the end unless `loop`.",
-        _play_file,
+        _on_leg("play_file", _play_args),
         section="call",
+        leg_method="play_file",
         blocking=True,
     ),
-    JsVerb("StopPlay", (), "void", None, "Stop playing.", _stop_play, section="call"),
+    JsVerb("StopPlay", (), "void", None, "Stop playing.", _on_leg("stop_play"), section="call",
+           leg_method="stop_play"),
     JsVerb(
         "IsConnected",
         (),
@@ -295,8 +296,9 @@ VERBS: list[JsVerb] = [
         "void",
         None,
         "Hang up (BYE; CANCEL or an error response if unanswered).",
-        _disconnect,
+        _on_leg("disconnect"),
         section="call",
+        leg_method="disconnect",
     ),
     # -- bridging (the seed's ingress/egress pattern)
     JsVerb(
@@ -402,6 +404,10 @@ VERBS: list[JsVerb] = [
         section="log",
     ),
 ]
+
+# The CallControl methods the call verbs name: what a JS worker forwards to the switch and
+# what the switch's LegControl answers (``switch/tasks/pool.py``, ``switch/calls/call.py``).
+LEG_METHODS: frozenset[str] = frozenset(v.leg_method for v in VERBS if v.leg_method is not None)
 
 
 def verb(name: str) -> JsVerb:

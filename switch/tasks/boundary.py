@@ -34,10 +34,14 @@ class CallError(Exception):
 
 @runtime_checkable
 class CallControl(Protocol):
-    """The task's leg."""
+    """The task's leg. The call verbs (``ProvisionCall``, ``AcceptCall``...) all go through
+    ``verb``: each names its method in the export table (``api.JsVerb.leg_method``), so a
+    JS worker forwards them by name and the switch's ``LegControl`` answers them; a new
+    call verb needs no change here."""
 
-    def request_data(self, name: str) -> str | None | Awaitable[str | None]:
-        """A header or field of the inbound INVITE ('To', 'From', 'Request-URI', ...)."""
+    def verb(self, name: str, *args: Any) -> Any:
+        """Run the call verb whose ``leg_method`` is ``name`` (``api.LEG_METHODS``): its
+        result, an awaitable to block the task on, or ``CallError``."""
         ...
 
     def request_fields(self) -> Mapping[str, str] | None:
@@ -46,24 +50,12 @@ class CallControl(Protocol):
         them with the task's start and answers ``PendingRequestData`` without a round trip."""
         ...
 
-    def provision(self) -> None: ...
-
-    def accept(self) -> Awaitable[None] | None: ...
-
-    def reject(self, code: int, reason: str | None) -> None: ...
-
-    def play_file(self, url: str, loop: bool) -> Awaitable[None] | None: ...
-
-    def stop_play(self) -> None: ...
-
     def is_connected(self) -> bool: ...
 
     def on_end(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once when the leg ends (``is_connected()`` turns false), at
         once if it has; a JS worker keeps ``IsConnected()`` local this way."""
         ...
-
-    def disconnect(self) -> None: ...
 
     def task_ended(self, error: str | None) -> None:
         """The owner task ended (``error`` is the logged error text if it threw)."""

@@ -38,6 +38,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .app import JsApp
+from .api import LEG_METHODS
 from .boundary import CallControl, CallError, Switchboard
 from . import events
 from .events import Event
@@ -50,8 +51,6 @@ READY_TIMEOUT = 20.0  # a worker's start-up (imports) on a loaded box
 RESTART_BACKOFF = (0.5, 10.0)
 PING_INTERVAL = 1.0
 
-LEG_VERBS = frozenset(("request_data", "provision", "accept", "reject", "play_file", "stop_play",
-                       "disconnect"))  # IsConnected() is answered in the worker ("leg-ended")
 
 
 class WorkerStartError(RuntimeError):
@@ -421,10 +420,10 @@ class WorkerPool:
         record = self._tasks.get(tid)
         if record is None:
             raise CallError("the task has ended")
-        if name in LEG_VERBS:
+        if name in LEG_METHODS:  # (IsConnected() is answered in the worker: "leg-ended")
             if record.leg is None:
                 raise CallError("this task has no call")
-            return getattr(record.leg, name)(*args)
+            return record.leg.verb(name, *args)
         board = self.switchboard
         if board is None:
             raise CallError("bridging is not available")

@@ -164,7 +164,9 @@ def _pass_on(waiter: asyncio.Future[int], done: asyncio.Future[int]) -> None:
 
 
 class RemoteLeg:
-    """``CallControl`` for a task whose leg lives in the switch: every verb is a request."""
+    """``CallControl`` for a task whose leg lives in the switch: every call verb is a
+    request, by its name in the export table (``PendingRequestData`` of an inbound call
+    is answered here, from the INVITE's fields that came with the task's start)."""
 
     def __init__(self, host: WorkerHost, tid: int, fields: Mapping[str, str] | None) -> None:
         self.host = host
@@ -172,37 +174,19 @@ class RemoteLeg:
         self.fields = fields  # the inbound INVITE's fields, fixed for the call's life
         self.connected = True  # until the switch says "leg-ended"
 
+    def verb(self, name: str, *args: Any) -> Any:
+        if name == "request_data" and self.fields is not None:
+            return self.fields.get(str(args[0]).lower())
+        return self.host.call(self.tid, name, *args)
+
     def request_fields(self) -> Mapping[str, str] | None:
         return self.fields
-
-    def request_data(self, name: str) -> Any:
-        if self.fields is not None:
-            return self.fields.get(name.lower())
-        return self.host.call(self.tid, "request_data", name)
-
-    def provision(self) -> Any:
-        return self.host.call(self.tid, "provision")
-
-    def accept(self) -> Any:
-        return self.host.call(self.tid, "accept")
-
-    def reject(self, code: int, reason: str | None) -> Any:
-        return self.host.call(self.tid, "reject", code, reason)
-
-    def play_file(self, url: str, loop: bool) -> Any:
-        return self.host.call(self.tid, "play_file", url, loop)
-
-    def stop_play(self) -> Any:
-        return self.host.call(self.tid, "stop_play")
 
     def is_connected(self) -> bool:
         return self.connected
 
     def on_end(self, callback: Any) -> None:
         raise NotImplementedError("the switch watches the leg itself")
-
-    def disconnect(self) -> Any:
-        return self.host.call(self.tid, "disconnect")
 
     def task_ended(self, error: str | None) -> None:
         """Nothing to do here: the worker reports every task's end (``ended``)."""

@@ -219,5 +219,8 @@ def test_the_documented_fail2ban_filter_matches_the_text_log_and_nothing_forged(
         logging.getLogger("switch.security.access").warning("SECURITY refused source=8.8.8.8 reason=x")
     finally:
         logger.removeHandler(handler)
-    hosts = [m.group("host") for line in lines if (m := pattern.search(line))]
-    assert hosts == [FLOODER, OTHER], lines
+    # As fail2ban sees them: the whole line, the line with its timestamp cut out (a log
+    # file), and as the journal shows it.
+    for seen in (lines, [line.split(" ", 1)[1] for line in lines], [f"pbx softswitch[812]: {ln}" for ln in lines]):
+        hosts = [m.group("host") for line in seen if (m := pattern.search(line))]
+        assert hosts == [FLOODER, OTHER], seen

@@ -34,6 +34,9 @@ class FakeLeg:
         self.play_length = 0.02
         self.fail: dict[str, BaseException] = {}  # verb name -> exception raised at once
 
+    def verb(self, name: str, *args: Any) -> Any:
+        return getattr(self, name)(*args)
+
     def _record(self, *call: Any) -> None:
         self.calls.append(call)
         exc = self.fail.get(call[0])
