@@ -76,6 +76,10 @@ class Call:
         self.app: AppInfo | None = None
         self.bridge: Bridge | None = None
         self.media: dict[Leg, MediaSession] = {}
+        # What the call's record needs once it is over (CDRs, metrics: engine observers):
+        self.history: list[Leg] = [ingress]  # every leg it ever owned, in order
+        self.rtp_stats: dict[Leg, dict[str, Any]] = {}  # each leg's media figures at its end
+        self.task_errors: dict[Leg, str] = {}  # the owner task's error (file:line: message)
         self.sinks: dict[Leg, TaskSink] = {}
         self._controls: dict[Leg, LegControl] = {}
         self._opening: dict[Leg, asyncio.Task[MediaSession]] = {}
@@ -178,7 +182,7 @@ class Call:
         media = self.media.pop(leg, None)
         age = self.now() - leg.created
         if media is not None:
-            stats = media.stats()
+            stats = self.rtp_stats[leg] = media.stats()
             media.close()
             leg.log.info("%s %s ended (%s) after %.1f s; rtp sent %d/%d B, received %d/%d B",
                          leg.kind, leg.call_id, ended.reason, age, stats["packets_sent"], stats["bytes_sent"],
@@ -201,6 +205,7 @@ class Call:
         self.legs.remove(leg)
         media = self.media.pop(leg, None)
         if media is not None:
+            self.rtp_stats.setdefault(leg, media.stats())
             media.close()
         self.engine.forget(leg)
         if not self.legs:
@@ -281,6 +286,7 @@ class Call:
                           self.engine.local_for(addr[0]), self.now(), over_tcp=self.engine.has_connection(addr),
                           credentials=credentials)
         self.legs.append(leg)
+        self.history.append(leg)
         self.engine.adopt(self, leg)
         self.sinks[leg] = sink
         bridge.egress = leg
@@ -442,5 +448,7 @@ class LegControl:
 
     def task_ended(self, error: str | None) -> None:
         """The owner task ended: its leg hangs up if it is still up (500 if it threw)."""
+        if error:
+            self.call.task_errors[self.leg] = error
         if not self.leg.ended:
             self.call.hang_up(self.leg, 500 if error else 480, "script error" if error else "task ended")

@@ -82,6 +82,9 @@ class CallEngine:
         self._client: dict[ClientTransaction, tuple[Leg, str]] = {}
         self._txns_of: dict[Leg, list[ClientTransaction]] = {}
         self.calls_started = 0
+        # Told of every call once it is over, all its legs finished (CDRs, metrics); an
+        # observer's error is logged, never the call's problem.
+        self.observers: list[Callable[[Call], None]] = []
         sip.user = self
 
     # ------------------------------------------------------------------ addressing
@@ -134,6 +137,11 @@ class CallEngine:
 
     def call_closed(self, call: Call) -> None:
         self.calls.pop(call.ingress.key, None)
+        for observer in self.observers:
+            try:
+                observer(call)
+            except Exception:
+                logger.exception("call %s: observer %r failed", call.id, observer)
 
     def live_calls(self) -> int:
         return len(self.calls)

@@ -160,6 +160,7 @@ class Leg:
         self.ended_at: float | None = None
         self.end_reason = ""
         self.end_status: int | None = None
+        self.ended_by_peer = False  # the far end (or the network) ended it, not we
         self._bye_open = False  # our BYE awaits its final response
         self.log = logging.LoggerAdapter(logger, {"call": call_id})
 
@@ -230,6 +231,7 @@ class Leg:
              cause: str | None = None) -> None:
         self.end_reason = why
         self.end_status = status
+        self.ended_by_peer = by_peer
         self.ended_at = now
         self._set_state(LegState.ENDED)
         self.happenings.append(Ended(why, status, by_peer, cause))

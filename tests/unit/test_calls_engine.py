@@ -360,3 +360,24 @@ def test_a_user_without_dial_out_reaches_no_gateway(loop: asyncio.AbstractEventL
     assert call.bridge is not None and call.bridge.failure_status == 403
     rig.controls[1].disconnect()
     assert statuses(rig.sip.take()) == [403]
+
+
+def test_observers_hear_of_each_call_once_with_every_leg_and_its_figures(loop: asyncio.AbstractEventLoop) -> None:
+    rig = Rig(loop)
+    closed: list[Call] = []
+    rig.engine.observers.append(closed.append)
+    rig.engine.observers.insert(0, lambda call: 1 / 0)  # a broken observer changes nothing
+    egress, offer = bridge(rig)
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    (out_invite,) = rig.sip.take()
+    callee_reply(rig, 486, out_invite)  # type: ignore[arg-type]
+    rig.sip.take()
+    rig.controls[9].task_ended("egress.js:4: Error: boom")
+    rig.controls[1].disconnect()
+    rig.sip.take()
+    (call,) = closed
+    ingress, outbound = call.history
+    assert (ingress.end_status, outbound.end_status, outbound.ended_by_peer) == (486, 486, True)
+    assert set(call.rtp_stats) == {outbound}  # the caller was never answered: no media opened
+    assert call.task_errors == {outbound: "egress.js:4: Error: boom"}
+    rig.assert_nothing_left()
