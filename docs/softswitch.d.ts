@@ -90,6 +90,8 @@ declare function StopPlay(): void;
 declare function IsConnected(): boolean;
 /** Hang up (BYE; CANCEL or an error response if unanswered). */
 declare function Disconnect(): void;
+/** Add a field to this leg's call detail record (in its `fields` JSON object): `name` is letters, digits and `_` (up to 64), `value` up to 1024 characters, at most 32 fields; setting a name again replaces its value. Kept after the call ended, until its record is written. */
+declare function SetCdrField(name: string, value: string): void;
 /** Ingress: offer this task's call to task `tid`, which receives a `Bridge` event: the bridge handle. The call is answered when the bridged call is. Event: `Bridge`. */
 declare function StartBridge(tid: number): void;
 /** Egress: place an outbound call to `dest` (a SIP URI, a To header value, or a number routed by the config's gateways) bound to `bridge`; it becomes this task's leg. Returns once the INVITE is sent; then exactly one event: `CallCompleted` when it answers (both legs are joined, the ingress answered), or `Disconnect` with the SIP `status` when it fails. Ringing and early media reach the caller by themselves. Blocks. Event: `CallCompleted`. */

@@ -23,6 +23,8 @@ from typing import Any
 
 from . import logs
 from .config import DEFAULT_APP, Config, ConfigError, load
+from .cdr.command import add_command as add_cdr_command
+from .cdr.command import run as run_cdr_command
 from .control.commands import add_commands as add_control_commands
 from .control.commands import run as run_control_command
 from .tasks.pool import WorkerStartError
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="RFC 3261 timer T1 (default 0.5); an unanswered INVITE fails with 408 "
                           "after 64*T1")
     add_control_commands(sub)
+    add_cdr_command(sub)
     return parser
 
 
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "cdr":
+        return run_cdr_command(args)
     if hasattr(args, "func"):
         return run_control_command(args)
     return 2

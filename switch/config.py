@@ -26,6 +26,8 @@ the flags. Keys in the file are the flag names with '_' for '-':
                                  # log and exit 70 for the supervisor to restart; 0 = off
 
     server_version = false       # Server/User-Agent headers name the version too (scanners see it)
+    cdr = true                   # call detail records, one per leg, in DATA_DIR/cdr.sqlite
+    cdr_url = "postgresql://cdr:...@db/pbx"  # also ship them to PostgreSQL (the SQLite file spools)
     digest_algorithms = ["MD5", "SHA-256"]  # REGISTER/INVITE challenges, in this order (RFC 8760):
                                  # many phones answer only the first; SHA-256 first where all can
 
@@ -129,6 +131,8 @@ class Config:
     auth_fail_limit: int = 5  # wrong passwords per source (and per user name) before a block; 0: off
     auth_block_seconds: float = 600.0  # the counting window and the block time of auth failures
     server_version: bool = False  # Server/User-Agent say "softswitch/VERSION" instead of "softswitch"
+    cdr: bool = True  # call detail records in DATA_DIR/cdr.sqlite (switch/cdr/)
+    cdr_url: str = ""  # "postgresql://user:password@host/db": records are shipped there too
     watchdog_s: float = 10.0  # the switch's loop stuck this long (our bug) ends the process; 0: off
     js_workers: int = 0  # JS worker processes; 0: one per core (switch/tasks/pool.py)
     task_cpu_seconds: float = 5.0  # JS CPU a task may use between two verbs before it is interrupted
@@ -174,6 +178,19 @@ class Config:
         self.route_rules  # noqa: B018
         self.gateway_rules  # noqa: B018
         self.gateway_credentials  # noqa: B018
+        if not isinstance(self.cdr, bool):
+            raise ConfigError(f"cdr must be true or false, not {self.cdr!r}")
+        if self.cdr_url and not self.cdr_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"cdr_url must be a postgresql://user:password@host[:port]/database URL, "
+                              f"not {self.cdr_url.split('@')[-1]!r}")
+        if self.cdr_url and not self.cdr:
+            raise ConfigError("cdr_url needs cdr = true (the records are spooled in DATA_DIR/cdr.sqlite)")
+        if self.cdr_url:
+            from .cdr.postgres import driver_missing
+
+            missing = driver_missing()
+            if missing:
+                raise ConfigError(missing)
         self.accounts  # noqa: B018
         self.trunk_list  # noqa: B018
         if not isinstance(self.trust_loopback, bool):

@@ -30,6 +30,9 @@ from .calls.engine import CallEngine
 from .calls.registrar import Registrar
 from .calls.outbound import Credentials
 from .calls.routing import OutboundRoutes
+from .cdr.postgres import PostgresShipper
+from .cdr.store import FILENAME as CDR_FILE
+from .cdr.writer import CdrWriter
 from .config import DEFAULT_APP, Config
 from .security.access import AccessPolicy
 from .control.api import ControlApi
@@ -82,6 +85,7 @@ class Switch:
         self.app_error: str | None = None
         self.apps: AppStore | None = None  # otherwise: installed apps and routes
         self.control: ControlApi | None = None
+        self.cdr_shipper: PostgresShipper | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -117,6 +121,15 @@ class Switch:
             access=self.access,
         )
         self.tasks.switchboard = Switchboard(self.engine, self.tasks.post)
+        self.cdr: CdrWriter | None = None
+        if cfg.cdr:  # every finished call's records, committed off the loop (switch/cdr/)
+            cfg.data_path.mkdir(parents=True, exist_ok=True)
+            self.cdr = CdrWriter(cfg.data_path / CDR_FILE, loop.time)
+            self.cdr.start()
+            self.engine.observers.append(self.cdr)
+            if cfg.cdr_url:
+                self.cdr_shipper = PostgresShipper(cfg.data_path / CDR_FILE, cfg.cdr_url)
+                self.cdr_shipper.start()
         self.watchdog: LoopWatchdog | None = None
         if cfg.watchdog_s > 0:
             self.watchdog = LoopWatchdog(loop, cfg.watchdog_s)
@@ -223,6 +236,10 @@ class Switch:
         if ending:  # every call's dialogs finished (BYEs answered), or the deadline
             await asyncio.wait(ending, timeout=DRAIN_TIMEOUT)
         await self.tasks.shutdown()
+        if self.cdr is not None:  # every record of every call that ended, on disk
+            await self.loop.run_in_executor(None, self.cdr.stop)
+            if self.cdr_shipper is not None:
+                await self.loop.run_in_executor(None, self.cdr_shipper.stop)
         self.lag.stop()
         if self.watchdog is not None:
             self.watchdog.stop()

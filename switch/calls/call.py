@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("switch.calls")
 
+_CDR_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
 
 @dataclass(slots=True)
 class TaskSink:
@@ -68,6 +72,7 @@ class Call:
     def __init__(self, engine: CallEngine, ingress: InboundLeg, caller: Caller | None = None,
                  counted: CallToken | None = None) -> None:
         self.engine = engine
+        self.uid = uuid.uuid4().hex  # the call's id in its records (every leg's CDR carries it)
         self.caller = caller  # who called (trunk, user, local): what it may dial out to
         self._counted = counted  # against its trunk's or user's max_calls, until closed
         self.id = ingress.call_id
@@ -80,6 +85,7 @@ class Call:
         self.history: list[Leg] = [ingress]  # every leg it ever owned, in order
         self.rtp_stats: dict[Leg, dict[str, Any]] = {}  # each leg's media figures at its end
         self.task_errors: dict[Leg, str] = {}  # the owner task's error (file:line: message)
+        self.cdr_fields: dict[Leg, dict[str, str]] = {}  # SetCdrField(name, value) by the leg's task
         self.sinks: dict[Leg, TaskSink] = {}
         self._controls: dict[Leg, LegControl] = {}
         self._opening: dict[Leg, asyncio.Task[MediaSession]] = {}
@@ -414,6 +420,16 @@ class LegControl:
                 raise CallError("PlayFile: the call has no media yet")
         leg.require_live("PlayFile")
         media.play(audio, loop, lambda: call.post(leg, events.play_file_completed(url)))
+
+    def set_cdr_field(self, name: str, value: str) -> None:
+        if not _CDR_FIELD.match(name):
+            raise CallError(f"SetCdrField: name must be letters, digits and _ (up to 64), not {name[:80]!r}")
+        if len(value) > 1024:
+            raise CallError(f"SetCdrField: value is {len(value)} characters; at most 1024")
+        fields = self.call.cdr_fields.setdefault(self.leg, {})
+        if name not in fields and len(fields) >= 32:
+            raise CallError("SetCdrField: a record holds at most 32 fields of the app's")
+        fields[name] = value
 
     def stop_play(self) -> None:
         media = self.call.media.get(self.leg)

@@ -54,10 +54,16 @@ class OutboundLeg(Leg):
         self.invite: SipRequest | None = None
         self.credentials = credentials
         self._authenticated = False  # one retry with credentials per call, never a loop
+        self.final_status: int | None = None  # the INVITE's final response (487 after our CANCEL)
         self.provisional_seen = False
         self.cancelled_by_us = False
         self._invite_open = False  # the INVITE awaits its final response
         self._cancel_pending = False
+        # Post-dial delay (metrics): our first INVITE left, and the callee's first answer
+        # other than 100 (ringing, early media, answer or refusal) came; a digest
+        # challenge we answer is not that answer.
+        self.invite_sent_at: float | None = None
+        self.first_response_at: float | None = None
 
     @property
     def tcp(self) -> bool:
@@ -75,6 +81,7 @@ class OutboundLeg(Leg):
         self.log.info("outbound %s: calling %s via %s:%d", self.call_id, self.target, *self.addr)
         self.outbox.append(Send(self.invite, self.addr))
         self._invite_open = True
+        self.invite_sent_at = now
 
     def abandon(self, why: str, status: int, now: float) -> None:
         """The call could not be placed (no RTP port): ended before any SIP was sent. The
@@ -140,13 +147,18 @@ class OutboundLeg(Leg):
             super().on_response(method, response, now)  # our BYE
             return
         status = response.status
+        if self.first_response_at is None and status > 100 and not (
+                status in (401, 407) and self.credentials is not None and not self._authenticated):
+            self.first_response_at = now
         if status < 200:
             self._on_provisional(response)
         elif status < 300:
             self._invite_open = False
+            self.final_status = status
             self._on_answer(response, now)
         else:
             self._invite_open = False
+            self.final_status = status
             if status in (401, 407) and self._retry_with_credentials(response):
                 return
             self._failed(status, response.reason, now)

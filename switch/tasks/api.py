@@ -300,6 +300,18 @@ VERBS: list[JsVerb] = [
         section="call",
         leg_method="disconnect",
     ),
+    JsVerb(
+        "SetCdrField",
+        (Param("name", "string"), Param("value", "string")),
+        "void",
+        None,
+        "Add a field to this leg's call detail record (in its `fields` JSON object): `name` is "
+        "letters, digits and `_` (up to 64), `value` up to 1024 characters, at most 32 fields; "
+        "setting a name again replaces its value. Kept after the call ended, until its record is written.",
+        _on_leg("set_cdr_field"),
+        section="call",
+        leg_method="set_cdr_field",
+    ),
     # -- bridging (the seed's ingress/egress pattern)
     JsVerb(
         "StartBridge",

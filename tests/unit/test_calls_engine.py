@@ -5,7 +5,6 @@ and each task hears what it should. Media is a fake that only counts opens and c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -160,13 +159,6 @@ class _Lag:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 def invite(call_id: str = "c1", sdp: bytes = SDP) -> bytes:
