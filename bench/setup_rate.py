@@ -20,8 +20,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs per rate (median reported)")
     ap.add_argument("--hold-ms", type=int, default=1000, help="how long each call stays up")
     ap.add_argument("--js-workers", type=int, default=0, help="--js-workers of the switch (0: its default)")
+    ap.add_argument("--config", metavar="FILE", help="a config file for the switch (e.g. one saying cdr = false)")
     args = ap.parse_args()
     extra = ["--js-workers", str(args.js_workers)] if args.js_workers else []
+    if args.config:
+        extra += ["--config", args.config]
     print("| rate (calls/s) | achieved (median) | calls | failed (median) | CPU % switch + workers (median) | "
           "CPU ms/call: switch + workers = total | peak RSS MiB, all processes (median) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

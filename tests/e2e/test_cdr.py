@@ -80,6 +80,23 @@ def test_a_bridged_call_to_a_busy_callee_makes_two_linked_records(switch, bridge
     assert callee["request_uri"] == f"sip:service@{LOCALHOST}:{uas.sip_port}" and callee["billsec"] == 0
 
 
+def test_a_cancelled_call_and_a_throwing_app(switch, sipp, rtp_sink: RtpSink):
+    sw = switch("provision_then_wait")
+    result = sipp("uac_cancel", sw, keys={"rtpport": rtp_sink.port}, pause_ms=300, timeout=10)
+    assert result.ok, result.describe()
+    (rec,) = wait_records(sw, 1)
+    assert (rec["disposition"], rec["status"], rec["hangup_by"], rec["answer"]) == ("CANCELLED", 487, "caller", None)
+    assert rec["billsec"] == 0 and rec["reason"] == "cancelled" and rec["task_error"] is None
+
+    sw = switch("throw_after_answer")
+    result = sipp("uac_pcmu_wait_bye", sw, keys={"rtpport": rtp_sink.port}, timeout=10)
+    assert result.ok, result.describe()
+    (rec,) = wait_records(sw, 1)
+    assert (rec["disposition"], rec["status"], rec["hangup_by"], rec["reason"]) == ("ANSWERED", 200, "switch",
+                                                                                    "script error")
+    assert rec["task_error"].startswith("main.js:5") and "boom after answer" in rec["task_error"], rec["task_error"]
+
+
 def test_sigterm_writes_the_records_of_the_calls_it_ends(switch, sipp_bg, rtp_sink: RtpSink):
     sw = switch("greeting")
     uac = sipp_bg("uac_pcmu_wait_bye", sw, keys={"rtpport": rtp_sink.port}, calls=10, rate=50, timeout=15)
@@ -139,6 +156,15 @@ class PostgresServer:
                         "immediate", "stop"], capture_output=True, timeout=30)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def row(self, leg_id: str) -> dict[str, Any]:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(self.url, connect_timeout=3, row_factory=dict_row) as conn:
+            found = conn.execute("SELECT * FROM cdr WHERE leg_id = %s", (leg_id,)).fetchone()
+        assert found is not None, leg_id
+        return dict(found)
+
     def leg_ids(self) -> list[str]:
         import psycopg
 
@@ -180,6 +206,8 @@ def test_postgresql_down_for_a_while_loses_no_record(switch, sipp_bg, rtp_sink: 
         ids = pg.leg_ids()
         local = {r["leg_id"] for r in records(sw)}
         assert len(ids) == len(set(ids)) == 15 and set(ids) == local  # every record once, none lost
+        for rec in records(sw)[::5]:  # and field by field what the switch recorded
+            assert pg.row(rec["leg_id"]) == rec
         log = sw.log_text()
         assert "CDR: cannot write to PostgreSQL at 127.0.0.1" in log and "is back" in log
         assert "postgres@" not in log  # the URL's credentials never reach the log

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -175,3 +176,9 @@ def test_times_for_softswitch_cdr() -> None:
     assert parse_time(None) is None
     with pytest.raises(ValueError, match="15m, 2h, 7d"):
         parse_time("yesterday")
+
+
+def test_docs_cdr_md_describes_every_field() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cdr.md").read_text()
+    documented = set(re.findall(r"^\| `(\w+)` \|", text, re.M))
+    assert documented == set(NAMES)
