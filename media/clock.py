@@ -150,7 +150,9 @@ class MediaClock:
         samples = sorted(self.lateness)
         if not samples:
             return {"p50": 0.0, "p99": 0.0, "max": 0.0, "ticks": 0}
-        pick = lambda q: round(1000 * samples[min(len(samples) - 1, int(q * len(samples)))], 2)  # noqa: E731
+        def pick(q: float) -> float:
+            return round(1000 * samples[min(len(samples) - 1, int(q * len(samples)))], 2)
+
         return {"p50": pick(0.5), "p99": pick(0.99), "max": round(1000 * samples[-1], 2),
                 "ticks": len(samples)}
 

@@ -21,7 +21,9 @@ import array
 import logging
 import math
 import sys
+from typing import Any
 
+_np: Any
 try:  # optional fast path
     import numpy as _np
 except ImportError:  # pragma: no cover - exercised only without numpy

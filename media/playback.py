@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import io
 import logging
 import os
@@ -79,7 +80,7 @@ def decode_bytes(source: str | io.BytesIO, label: str) -> DecodedAudio:
             if not container.streams.audio:
                 raise MediaError(f"PlayFile: cannot decode {label!r}: it has no audio stream")
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            for frame in container.decode(audio=0):
+            for frame in container.decode(audio=0):  # type: ignore[union-attr]  # (opened for reading)
                 for out in resampler.resample(frame):
                     n = out.samples
                     # A plane may be longer than its samples (alignment padding).
@@ -115,7 +116,7 @@ def fetch_http(url: str, timeout: float = HTTP_TIMEOUT, limit: int = MAX_DOWNLOA
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > limit:
                 raise MediaError(f"PlayFile: {url!r} is larger than {limit // 2**20} MiB")
-            data = resp.read(limit + 1)
+            data: bytes = resp.read(limit + 1)
     except MediaError:
         raise
     except urllib.error.HTTPError as exc:
@@ -177,7 +178,7 @@ class PlaybackCache:
                 loop.run_in_executor(self._executor, self._load, source)
             )
             self._inflight[source.key] = fut
-            fut.add_done_callback(lambda f, key=source.key: self._settle(key, f))
+            fut.add_done_callback(functools.partial(self._settle, source.key))
         # shield: one caller being cancelled (its call hung up) must not cancel the
         # decode the other callers are waiting for.
         return await asyncio.shield(fut)

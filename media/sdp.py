@@ -1,15 +1,19 @@
 """SDP (RFC 4566) for plain RTP/AVP audio, and RFC 3264 offer/answer.
 
 Lean on purpose: we model the lines a G.711 softswitch acts on (o=, s=, c=, t=, m=,
-a=rtpmap/fmtp/ptime/direction) and keep every other line verbatim so re-serialising an
-SDP does not lose what we do not understand.
+a=rtpmap/fmtp/ptime/direction, a=rtcp) and keep every other line verbatim so
+re-serialising an SDP does not lose what we do not understand.
+
+Comfort noise (RFC 3389, static PT 13 "CN/8000" in RFC 3551 §6) is negotiated only when
+the caller asks with ``cn=True`` (a leg whose keepalive mode is "cn"): without it offers
+and answers are exactly what they were before CN existed here, whatever the peer offers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
+import ipaddress
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -26,6 +30,8 @@ _MIRROR = {
 STATIC_PTS = {0: "PCMU", 8: "PCMA"}
 _STATIC_BY_NAME = {v: k for k, v in STATIC_PTS.items()}
 TELEPHONE_EVENT = "telephone-event"
+COMFORT_NOISE = "CN"
+CN_STATIC_PT = 13
 _HOLD_ADDRS = ("0.0.0.0", "::")
 
 
@@ -269,6 +275,8 @@ class MediaParams:
     remote_addr: tuple[str, int] | None  # None when port 0 or c=0.0.0.0 (hold)
     direction: str  # OUR direction
     ptime: int = 20
+    cn_pt: int | None = None  # RFC 3389 CN payload type, when both sides listed CN/8000
+    rtcp_addr: tuple[str, int] | None = None  # the peer's RFC 3605 a=rtcp, if it gave one
 
 
 def _codec_of(m: MediaDescription, rtpmaps: dict[int, Rtpmap], fmt: str) -> tuple[int, str] | None:
@@ -304,6 +312,40 @@ def _first_codec(m: MediaDescription, accept: Collection[str]) -> tuple[tuple[in
     return chosen, dtmf
 
 
+def _cn_pt(m: MediaDescription) -> int | None:
+    """The PT ``m`` lists for comfort noise at 8 kHz: 13 (static, RFC 3551) or a CN/8000 rtpmap."""
+    rtpmaps = m.rtpmaps
+    for fmt in m.fmts:
+        if not fmt.isdigit():
+            continue
+        pt = int(fmt)
+        rm = rtpmaps.get(pt)
+        if rm is None and pt == CN_STATIC_PT:
+            return pt
+        if rm is not None and rm.encoding.upper() == COMFORT_NOISE and rm.clock_rate == 8000:
+            return pt
+    return None
+
+
+def _rtcp_addr(m: MediaDescription, remote: tuple[str, int] | None) -> tuple[str, int] | None:
+    """RFC 3605 ``a=rtcp:PORT [IN IP4 ADDR]``. A malformed one is ignored: RTCP then goes
+    to the RTP port + 1, and a call must never fail over RTCP."""
+    value = m.attribute("rtcp")
+    if value is None or remote is None:
+        return None
+    parts = value.split()
+    if not parts or not parts[0].isdigit() or not 0 < int(parts[0]) <= 65535:
+        logger.debug("SDP a=rtcp:%s ignored: no port", value)
+        return None
+    addr = parts[3].split("/", 1)[0] if len(parts) >= 4 and parts[1] == "IN" else remote[0]
+    try:
+        ipaddress.ip_address(addr)  # a host name would be resolved, blocking, by sendto()
+    except ValueError:
+        logger.debug("SDP a=rtcp:%s ignored: not an IP address", value)
+        return None
+    return addr, int(parts[0])
+
+
 def _is_rtp_audio(m: MediaDescription) -> bool:
     return m.media == "audio" and m.proto.upper() == "RTP/AVP"
 
@@ -332,11 +374,13 @@ def answer_offer(
     session_id: int,
     version: int,
     supported: tuple[str, ...] = ("PCMU", "PCMA"),
+    cn: bool = False,
 ) -> tuple[SessionDescription, MediaParams]:
     """RFC 3264 §6: answer the first usable audio stream, reject every other m= line.
 
     We pick the first of the offerer's codecs we support (the offerer's preference order),
-    echo telephone-event/8000 with the offerer's PT, and mirror the direction.
+    echo telephone-event/8000 with the offerer's PT, and mirror the direction. With
+    ``cn``, comfort noise the offer lists is echoed too (with the offerer's PT).
     """
     answer = _our_session(local_ip, session_id, version)
     params: MediaParams | None = None
@@ -358,9 +402,11 @@ def answer_offer(
         direction = _MIRROR[offer_dir]
         am = MediaDescription("audio", local_port, "RTP/AVP", [str(pt)])
         am.attributes.append(("rtpmap", f"{pt} {codec}/8000"))
-        _finish_audio(am, dtmf, m.fmtps.get(dtmf) if dtmf is not None else None, direction)
+        cn_pt = _cn_pt(m) if cn else None
+        _finish_audio(am, dtmf, m.fmtps.get(dtmf) if dtmf is not None else None, direction, cn_pt)
         answer.media.append(am)
-        params = MediaParams(codec, pt, dtmf, remote, direction, m.ptime or 20)
+        params = MediaParams(codec, pt, dtmf, remote, direction, m.ptime or 20, cn_pt,
+                             _rtcp_addr(m, remote))
     if params is None:
         offered = "; ".join(f"m={m.media} {m.proto} {' '.join(m.fmts)}" for m in offer.media)
         raise NoCommonCodec(
@@ -370,12 +416,17 @@ def answer_offer(
     return answer, params
 
 
-def _finish_audio(m: MediaDescription, dtmf_pt: int | None, events: str | None, direction: str) -> None:
-    """Our m=audio tail: telephone-event (RFC 4733) if any, 20 ms ptime, the direction."""
+def _finish_audio(m: MediaDescription, dtmf_pt: int | None, events: str | None, direction: str,
+                  cn_pt: int | None = None) -> None:
+    """Our m=audio tail: telephone-event (RFC 4733) if any, CN (RFC 3389) if asked, 20 ms
+    ptime, the direction."""
     if dtmf_pt is not None:
         m.fmts.append(str(dtmf_pt))
         m.attributes.append(("rtpmap", f"{dtmf_pt} {TELEPHONE_EVENT}/8000"))
         m.attributes.append(("fmtp", f"{dtmf_pt} {events or '0-16'}"))
+    if cn_pt is not None:
+        m.fmts.append(str(cn_pt))
+        m.attributes.append(("rtpmap", f"{cn_pt} {COMFORT_NOISE}/8000"))
     m.attributes.append(("ptime", "20"))
     m.attributes.append((direction, None))
 
@@ -388,7 +439,9 @@ def make_offer(
     codecs: tuple[str, ...] = ("PCMU", "PCMA"),
     dtmf_pt: int | None = 101,
     direction: str = "sendrecv",
+    cn: bool = False,
 ) -> SessionDescription:
+    """Our offer: ``codecs`` in order, telephone-event, and with ``cn`` comfort noise (13)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"SDP direction must be one of {DIRECTIONS}, not {direction!r}")
     sd = _our_session(local_ip, session_id, version)
@@ -399,7 +452,7 @@ def make_offer(
         pt = _STATIC_BY_NAME[name]
         m.fmts.append(str(pt))
         m.attributes.append(("rtpmap", f"{pt} {name}/8000"))
-    _finish_audio(m, dtmf_pt, None, direction)
+    _finish_audio(m, dtmf_pt, None, direction, CN_STATIC_PT if cn else None)
     sd.media.append(m)
     return sd
 
@@ -431,7 +484,10 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Medi
     direction = _MIRROR[answer_dir]
     offered_dir = offer.media_direction(om)
     direction = _intersect(direction, offered_dir)
-    return MediaParams(chosen[1], chosen[0], dtmf, remote, direction, am.ptime or 20)
+    # CN only if we offered it (make_offer(cn=True)) and the answer kept it.
+    cn_pt = _cn_pt(am) if _cn_pt(om) is not None else None
+    return MediaParams(chosen[1], chosen[0], dtmf, remote, direction, am.ptime or 20, cn_pt,
+                       _rtcp_addr(am, remote))
 
 
 def _intersect(a: str, b: str) -> str:

@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SIP over UDP and TCP: address and port to listen on (default 0.0.0.0:5060)")
     run.add_argument("--rtp-ports", metavar="LOW-HIGH",
                      help="UDP port range for RTP, one even port per call leg (default 20000-29999)")
+    run.add_argument("--media-keepalive", choices=("silence", "cn", "off"),
+                     help="RTP sent while nothing plays (a silent call: waiting for digits), so phones "
+                          "and SBCs that end calls after ~30 s without media keep them: 'silence' G.711 "
+                          "frames every 20 ms, 'cn' RFC 3389 comfort noise where negotiated (else silence), "
+                          "'off' (default silence)")
+    run.add_argument("--rtcp", action=argparse.BooleanOptionalAction, default=None,
+                     help="RTCP sender/receiver reports (RFC 3550) on each leg's RTP port + 1: the "
+                          "peer's loss and jitter figures (default on; --no-rtcp disables)")
     run.add_argument("--app", metavar="DIR",
                      help="directory of a JS app (its main.js defines Main) serving every call: "
                           "development mode, no installs (default: the installed apps, see installapp; "
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
-        "listen", "rtp_ports", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
+        "listen", "rtp_ports", "media_keepalive", "rtcp", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
         "task_memory_mb", "control", "gateway", "sip_t1", "watchdog_s", "js_workers", "task_cpu_seconds")}
     try:
         config = load(args.config, overrides)

@@ -194,7 +194,8 @@ class Switch:
         self.control = control
 
     async def _open_media(self, call_id: str) -> MediaSession:
-        return await MediaSession.open(self.loop, self.bind_ip, self.ports, self.clock, f"rtp[{call_id}]")
+        return await MediaSession.open(self.loop, self.bind_ip, self.ports, self.clock, f"rtp[{call_id}]",
+                                       rtcp=self.config.rtcp, keepalive=self.config.media_keepalive)
 
     def app_for(self, invite: SipRequest) -> JsApp:
         """The app that serves this INVITE. Raises AppError when there is none."""

@@ -190,9 +190,9 @@ class Call:
         if media is not None:
             stats = self.rtp_stats[leg] = media.stats()
             media.close()
-            leg.log.info("%s %s ended (%s) after %.1f s; rtp sent %d/%d B, received %d/%d B",
+            leg.log.info("%s %s ended (%s) after %.1f s; rtp sent %s/%s B, received %s/%s B; %s",
                          leg.kind, leg.call_id, ended.reason, age, stats["packets_sent"], stats["bytes_sent"],
-                         stats["packets_received"], stats["bytes_received"])
+                         stats["packets_received"], stats["bytes_received"], _quality(stats))
         else:
             leg.log.info("%s %s ended (%s)", leg.kind, leg.call_id, ended.reason)
         control = self._controls.get(leg)
@@ -249,7 +249,7 @@ class Call:
             raise CallError(f"the call has ended ({leg.end_reason or 'hung up'})")
         self.media[leg] = media
         media.on_dtmf = lambda digit: self.post(leg, events.dtmf(digit))
-        leg.media_opened(media.local_port)
+        leg.media_opened(media.local_port, media.comfort_noise)
         self.pump(leg)
         return media
 
@@ -349,6 +349,22 @@ def _header_uri(invite: SipRequest, name: str) -> str:
         return str((invite.from_ if name == "from" else invite.to).uri)
     except Exception:  # a header we could route on but not parse: show it raw
         return str(invite.get(name))
+
+
+def _quality(stats: dict[str, Any]) -> str:
+    """The call-end line's media quality: what we measured of the peer's RTP (loss,
+    jitter), what its RTCP said of ours, the round trip, and our RTCP and keepalive."""
+
+    def show(value: Any, unit: str = "") -> str:
+        return "-" if value is None else f"{value:g}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+    fraction = stats.get("peer_fraction_lost")
+    share = f" ({100 * fraction:.1f}%)" if fraction is not None else ""
+    return (f"loss_rx={show(stats.get('lost'))} jitter_rx={show(stats.get('jitter_ms'), 'ms')} "
+            f"loss_peer={show(stats.get('peer_cumulative_lost'))}{share} "
+            f"jitter_peer={show(stats.get('peer_jitter_ms'), 'ms')} rtt={show(stats.get('rtt_ms'), 'ms')} "
+            f"rtcp={show(stats.get('rtcp_sent'))}/{show(stats.get('rtcp_received'))} "
+            f"keepalive={show(stats.get('keepalive_packets'))}")
 
 
 def _retrieve(task: asyncio.Task[MediaSession]) -> None:

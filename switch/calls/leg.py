@@ -216,9 +216,10 @@ class Leg:
     def request_data(self, name: str) -> str | None:
         raise NotImplementedError
 
-    def media_opened(self, port: int) -> None:
-        """The call opened this leg's RTP socket on ``port``."""
-        self.sdp.media_opened(port)
+    def media_opened(self, port: int, cn: bool = False) -> None:
+        """The call opened this leg's RTP socket on ``port`` (``cn``: it sends RFC 3389
+        comfort noise while silent, where the peer takes it)."""
+        self.sdp.media_opened(port, cn)
         if self.sdp.params is not None:
             self.happenings.append(MediaChanged(self.sdp.params))
 

@@ -58,9 +58,9 @@ def _parse(body: bytes) -> SessionDescription:
 
 
 def _answer(offer: SessionDescription, ip: str, port: int, session: int,
-            version: int) -> tuple[SessionDescription, MediaParams]:
+            version: int, cn: bool = False) -> tuple[SessionDescription, MediaParams]:
     try:
-        return answer_offer(offer, ip, port, session, version)
+        return answer_offer(offer, ip, port, session, version, cn=cn)
     except NoCommonCodec as exc:
         raise OfferAnswerError(488, str(exc)) from None
     except ValueError as exc:
@@ -76,6 +76,7 @@ class OfferAnswer:
         self.our_offer: SessionDescription | None = None
         self.params: MediaParams | None = None
         self.local_port: int | None = None
+        self.cn = False  # offer/accept RFC 3389 comfort noise (media_keepalive = "cn")
         self._session = random.randrange(1, 2**31)
         self._version = 0
         self._answer: bytes | None = None  # our answer to remote_offer, once built
@@ -85,8 +86,9 @@ class OfferAnswer:
         """Media is open: we have a port to put in our SDP."""
         return self.local_port is not None
 
-    def media_opened(self, port: int) -> None:
+    def media_opened(self, port: int, cn: bool = False) -> None:
         self.local_port = port
+        self.cn = cn
         if self.remote_offer is not None and self.params is None:
             self.answer()  # the params are known as soon as we can answer
 
@@ -104,7 +106,7 @@ class OfferAnswer:
         assert self.remote_offer is not None and self.local_port is not None
         if self._answer is None:
             answer, self.params = _answer(self.remote_offer, self.local_ip, self.local_port,
-                                          self._session, self._version)
+                                          self._session, self._version, self.cn)
             self._answer = answer.to_bytes()
         return self._answer
 
@@ -112,7 +114,7 @@ class OfferAnswer:
         """Our offer (an outbound INVITE, or the 200 to an INVITE without SDP)."""
         assert self.local_port is not None
         self.our_offer = make_offer(self.local_ip, self.local_port, self._session, self._version,
-                                    codecs=self.codecs)
+                                    codecs=self.codecs, cn=self.cn)
         return self.our_offer.to_bytes()
 
     def local_sdp(self) -> bytes:
@@ -144,7 +146,7 @@ class OfferAnswer:
         derive from it."""
         assert self.local_port is not None
         offer = _parse(body)
-        answer, params = _answer(offer, self.local_ip, self.local_port, self._session, self._version + 1)
+        answer, params = _answer(offer, self.local_ip, self.local_port, self._session, self._version + 1, self.cn)
         self._version += 1
         self.remote_offer, self.params = offer, params
         self._answer = answer.to_bytes()

@@ -29,9 +29,10 @@ MAIN_JS = """\
 var version = require('lib/version.js');
 function Main() {
     var ruri = PendingRequestData('Request-URI') || '';
-    if (ruri.indexOf('slow') >= 0) {   // ring, then decide 1.5 s later
+    if (ruri.indexOf('slow') >= 0) {   // ring, then decide 6 s later (an install and a call fit in between,
+                                       // even on a loaded machine)
         ProvisionCall();
-        ReadInput(1.5);
+        ReadInput(6);
     }
     RejectCall(version.code, 'version ' + version.name);
 }

@@ -34,6 +34,7 @@ class FakeMedia:
         self.closed = False
         self.on_dtmf: Any = None
         self.on_rtp: Any = None
+        self.comfort_noise = False
         opened.append(self)
 
     def stop_play(self) -> None:

@@ -392,3 +392,22 @@ def test_without_credentials_a_challenge_is_a_failure() -> None:
     leg.take_outbox()
     leg.on_response("INVITE", challenge(leg, 407, qop=False), now=5.1)
     assert leg.take_outbox() == [] and leg.finished and leg.end_status == 407
+
+
+def test_comfort_noise_is_offered_and_answered_only_when_the_media_sends_it() -> None:
+    leg = OutboundLeg(SipUri.parse("sip:1000@127.0.0.1:5090"), ("127.0.0.1", 5090), None, ("PCMU",), LOCAL, now=5.0)
+    leg.media_opened(30002, cn=True)  # media_keepalive = "cn"
+    leg.start(now=5.0)
+    (invite_out,) = leg.take_outbox()
+    assert isinstance(invite_out, Send) and b"a=rtpmap:13 CN/8000" in invite_out.request.body
+    offer_with_cn = PHONE_SDP.replace(b"RTP/AVP 8 0 101", b"RTP/AVP 8 0 101 13")
+    plain = inbound(offer_with_cn)
+    plain.media_opened(30000)  # media_keepalive = "silence": no CN in our answer
+    plain.answer(now=11.0)
+    (ok,) = responses(plain)
+    assert b"CN/8000" not in ok.body
+    cn = inbound(offer_with_cn)
+    cn.media_opened(30000, cn=True)
+    cn.answer(now=11.0)
+    (ok,) = responses(cn)
+    assert b"a=rtpmap:13 CN/8000" in ok.body

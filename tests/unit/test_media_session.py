@@ -48,6 +48,7 @@ class Peer(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.received: list[tuple[bytes, tuple]] = []
+        self.times: list[float] = []  # loop time of each datagram, in order
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport) -> None:
@@ -55,6 +56,7 @@ class Peer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data, addr) -> None:
         self.received.append((data, addr))
+        self.times.append(asyncio.get_running_loop().time())
 
     @property
     def addr(self) -> tuple[str, int]:
@@ -70,11 +72,12 @@ async def make_peer() -> Peer:
     return peer
 
 
-async def make_session(ptime: float = 0.020, pool: RtpPortPool | None = None):
+async def make_session(ptime: float = 0.020, pool: RtpPortPool | None = None, **kw):
+    """kw: MediaSession.open's rtcp= and keepalive= (both off by default)."""
     loop = asyncio.get_running_loop()
     pool = pool or RtpPortPool(*free_port_range())
     clock = MediaClock(loop, ptime=ptime)
-    session = await MediaSession.open(loop, "127.0.0.1", pool, clock, "[test]")
+    session = await MediaSession.open(loop, "127.0.0.1", pool, clock, "[test]", **kw)
     return session, pool, clock
 
 
@@ -371,3 +374,319 @@ def test_unusable_sdp_address_send_errors_survived_until_latching(run, caplog):
     assert not [r for r in caplog.records if "failed in tick" in r.getMessage()]
     # Logged once, not per packet (asyncio counts them in error_received, unlogged).
     assert len([r for r in caplog.records if "RTP send to" in r.getMessage()]) <= 1
+
+
+# --------------------------------------------------------------------------- issue 11:
+# keepalive (RTP never stops while the leg may send) and RTCP on the odd port.
+
+
+def assert_one_stream(pkts: list[RtpPacket], times: list[float]) -> None:
+    """One SSRC, sequence numbers without a gap, and timestamps that track the arrival
+    times (RFC 3550 §5.1) across every talkspurt boundary: fill, prompt, relay."""
+    assert len({p.ssrc for p in pkts}) == 1
+    for (a, ta), (b, tb) in zip(zip(pkts, times), zip(pkts[1:], times[1:])):
+        assert b.sequence_number == (a.sequence_number + 1) & 0xFFFF
+        dts = ((b.timestamp - a.timestamp) & 0xFFFFFFFF) / 8000
+        assert abs(dts - (tb - ta)) < 0.015, (a, b, dts, tb - ta)
+
+
+def test_keepalive_fills_with_silence_around_a_prompt(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        peer = await make_peer()
+        session, _, clock = await make_session(keepalive="silence")
+        start = loop.time()
+        session.configure(params_to(peer))
+        await asyncio.sleep(0.4)
+        fill = peer.packets()
+        # 3 frames (60 ms) of nothing, then a 20 ms silence frame every tick
+        assert 0.05 <= peer.times[0] - start <= 0.1
+        assert 15 <= len(fill) <= 19, len(fill)
+        assert {(p.payload_type, p.payload) for p in fill} == {(0, b"\xff" * 160)}
+        assert [p.marker for p in fill] == [True] + [False] * (len(fill) - 1)
+        assert max(b - a for a, b in zip(peer.times, peer.times[1:])) < 0.035
+        assert len(fill) <= session.stats()["keepalive_packets"] <= len(fill) + 1  # one in flight
+        done = loop.create_future()
+        session.play(tone_audio(0.2), on_complete=lambda: done.set_result(1))
+        assert len(clock) == 1  # the playout replaces the keepalive on the clock
+        await asyncio.wait_for(done, 2)
+        await asyncio.sleep(0.3)
+        session.close()
+        pkts = peer.packets()
+        tone = [i for i, p in enumerate(pkts) if p.payload != b"\xff" * 160]
+        assert len(tone) == 10 and tone == list(range(tone[0], tone[0] + 10))
+        assert pkts[tone[0]].marker and pkts[tone[-1] + 1].marker  # each talkspurt marked
+        assert len(pkts) - tone[-1] - 1 >= 10  # the fill came back after the prompt
+        assert_one_stream(pkts, peer.times)
+        peer.transport.close()
+
+    run(main())
+
+
+def test_keepalive_off_on_hold_and_without_a_peer_address(run):
+    async def main():
+        peer = await make_peer()
+        quiet, _, _ = await make_session()  # the bare default: off
+        quiet.configure(params_to(peer))
+        held, _, clock = await make_session(keepalive="silence")
+        held.configure(params_to(peer, direction="recvonly"))
+        nowhere, _, _ = await make_session(keepalive="silence")
+        nowhere.configure(MediaParams("PCMU", 0, None, None, "sendrecv"))  # c=0.0.0.0
+        await asyncio.sleep(0.2)
+        assert peer.received == [] and len(clock) == 0
+        held.configure(params_to(peer))  # resumed
+        await asyncio.sleep(0.2)
+        assert len(peer.received) >= 5
+        for s in (quiet, held, nowhere):
+            s.close()
+        with pytest.raises(ValueError, match="keepalive must be one of"):
+            await make_session(keepalive="noise")
+
+    run(main())
+
+
+def test_keepalive_cn_only_where_negotiated(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        peer, plain = await make_peer(), await make_peer()
+        session, _, _ = await make_session(keepalive="cn")
+        assert session.comfort_noise
+        session.configure(MediaParams("PCMU", 0, 101, peer.addr, "sendrecv", cn_pt=13))
+        fallback, _, _ = await make_session(keepalive="cn")
+        fallback.configure(params_to(plain))  # no CN in the SDP: silence frames
+        await asyncio.sleep(1.15)
+        cn = peer.packets()
+        assert [(p.payload_type, p.payload) for p in cn] == [(13, b"\x46")] * 2  # -70 dBov
+        assert 0.95 <= peer.times[1] - peer.times[0] <= 1.1  # CN_REFRESH, on the 20 ms grid
+        assert_one_stream(cn, peer.times)  # the timestamp says when each SID was sent
+        assert {p.payload_type for p in plain.packets()} == {0} and len(plain.received) > 40
+        done = loop.create_future()
+        session.play(tone_audio(0.04), on_complete=lambda: done.set_result(1))
+        await asyncio.wait_for(done, 2)
+        await asyncio.sleep(0.01)
+        speech = peer.packets()[2]
+        assert speech.payload_type == 0 and speech.marker
+        assert_one_stream(peer.packets()[:4], peer.times[:4])
+        session.close(), fallback.close()
+
+    run(main())
+
+
+def test_relayed_stream_resumes_after_fill_without_going_back_in_time(run):
+    """The other leg pauses (no DTX timestamps: its clock did not advance over the pause);
+    our fill covers the pause, and the relayed packets after it must not reuse timestamps
+    the fill already sent."""
+    from media.relay import MediaRelay
+
+    async def main():
+        caller, callee = await make_peer(), await make_peer()
+        a, pool, _ = await make_session()
+        b, _, b_clock = await make_session(pool=pool, keepalive="silence")
+        a.configure(params_to(caller))
+        b.configure(params_to(callee))
+        relay = MediaRelay(a, b)
+        tx = RtpSender()
+        dest = ("127.0.0.1", a.local_port)
+        for burst in range(2):
+            for i in range(10):
+                caller.transport.sendto(tx.packet(bytes([i + 1]) * 160, 160, 0), dest)
+                await asyncio.sleep(0.02)
+            assert len(b_clock) == 0  # relayed packets flow: the keepalive only waits
+            if burst == 0:
+                await asyncio.sleep(0.9)  # the fill starts 0.5 s after the last relayed packet
+                assert len(b_clock) == 1
+        await asyncio.sleep(0.05)
+        relay.stop()
+        a.close(), b.close()
+        pkts = callee.packets()
+        relayed = [i for i, p in enumerate(pkts) if p.payload != b"\xff" * 160]
+        assert len(relayed) == 20
+        fill = [i for i in range(len(pkts)) if i not in relayed]
+        assert 15 <= len(fill) <= 25, len(fill)  # ~0.4 s of fill inside the 0.9 s pause
+        assert pkts[fill[0]].marker and pkts[relayed[10]].marker
+        assert_one_stream(pkts[relayed[0]:], callee.times[relayed[0]:])
+
+    run(main())
+
+
+async def make_phone_with_rtcp() -> tuple[Peer, Peer]:
+    """A phone with RTP on an even port and RTCP on the odd port above it (RFC 3550 §11)."""
+    loop = asyncio.get_running_loop()
+    for _ in range(50):
+        low, _ = free_port_range(2)
+        try:
+            _, rtp = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", low))
+        except OSError:
+            continue
+        try:
+            _, rtcp = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", low + 1))
+        except OSError:
+            rtp.transport.close()
+            continue
+        return rtp, rtcp
+    raise AssertionError("no free even/odd port pair")
+
+
+def test_rtcp_reports_latching_peer_figures_and_bye(run, monkeypatch):
+    from media import rtcp
+
+    # Reports every 0.1-0.3 s: a smaller minimum, and bandwidth enough for it (§6.2).
+    monkeypatch.setattr(rtcp, "RTCP_MIN_INTERVAL", 0.2)
+    monkeypatch.setattr(rtcp, "RTCP_BANDWIDTH_FRACTION", 1.0)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        phone, phone_rtcp = await make_phone_with_rtcp()
+        session, _, _ = await make_session(rtcp=True, keepalive="silence")
+        session.configure(params_to(phone))
+        # The phone talks, losing 2 of 12 packets on the way; its jitter is ~0.
+        tx = RtpSender()
+        for i in range(12):
+            pkt = tx.packet(b"\xff" * 160, 160, 0)
+            if i not in (4, 5):
+                phone.transport.sendto(pkt, ("127.0.0.1", session.local_port))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.4)
+        reports = [rtcp.parse_compound(d) for d, _ in phone_rtcp.received]
+        assert len(reports) >= 2
+        for r in reports:
+            assert isinstance(r[0], (rtcp.SenderReport, rtcp.ReceiverReport))  # §6.1: first
+            assert isinstance(r[1], rtcp.SourceDescription) and r[1].chunks[0].cname
+        # An RR only if the (shortened) first interval ended before the keepalive's first
+        # packet; from then on we are a sender.
+        assert all(isinstance(r[0], rtcp.SenderReport) for r in reports[1:])
+        ours = session._sender.ssrc
+        assert {r[0].ssrc for r in reports} == {ours} == {p.ssrc for p in phone.packets()}
+        assert {a for _, a in phone_rtcp.received} == {("127.0.0.1", session.local_port + 1)}
+        last = reports[-1][0]
+        (block,) = last.reports
+        assert (block.ssrc, block.cumulative_lost, block.highest_seq & 0xFFFF) == (
+            tx.ssrc, 2, (tx.sequence_number - 1) & 0xFFFF)
+        assert last.packet_count <= len(phone.received)
+        st = session.stats()
+        assert st["lost"] == 2 and st["jitter_ms"] is not None and st["jitter_ms"] < 10
+        assert st["peer_fraction_lost"] is None and st["rtcp_sent"] == len(reports)
+        # The phone reports from another port (a NAT): 50% lost lately, 7 in all, 10 ms
+        # jitter, LSR/DLSR of our last SR. Our reports follow it there (RFC 4961).
+        _, nat = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+        rr = rtcp.ReceiverReport(tx.ssrc, (rtcp.ReportBlock(ours, 128, 7, 1000, 80,
+                                                            rtcp.ntp_middle(last.ntp_timestamp), 0),))
+        nat.transport.sendto(bytes(rr) + bytes(rtcp.SourceDescription((rtcp.SdesChunk(tx.ssrc, ((1, b"phone"),)),))),
+                             ("127.0.0.1", session.local_port + 1))
+        await asyncio.sleep(0.4)
+        st = session.stats()
+        assert (st["peer_fraction_lost"], st["peer_cumulative_lost"], st["peer_jitter_ms"]) == (0.5, 7, 10.0)
+        assert st["rtt_ms"] is not None and 0 <= st["rtt_ms"] < 1000
+        assert st["rtcp_received"] == 1 and st["rtcp_malformed"] == 0
+        assert nat.received, "RTCP did not latch to where the phone's came from"
+        session.close()
+        await asyncio.sleep(0.05)
+        bye = rtcp.parse_compound(nat.received[-1][0])
+        assert isinstance(bye[-1], rtcp.Bye) and bye[-1].ssrcs == (ours,)
+        for p in (phone, phone_rtcp, nat):
+            p.transport.close()
+
+    run(main())
+
+
+def test_rtcp_port_taken_means_a_leg_without_rtcp(run, caplog):
+    async def main():
+        low, _ = free_port_range(2)
+        busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        busy.bind(("127.0.0.1", low + 1))
+        try:
+            peer = await make_peer()
+            pool = RtpPortPool(low, low + 1)
+            session, _, _ = await make_session(pool=pool, rtcp=True, keepalive="silence")
+            assert session.local_port == low
+            session.configure(params_to(peer))
+            await asyncio.sleep(0.2)
+            assert len(peer.received) >= 5  # RTP is unaffected
+            assert session.stats()["rtcp_sent"] == 0
+            session.close()
+            assert pool.in_use == 0
+        finally:
+            busy.close()
+
+    with caplog.at_level(logging.WARNING):
+        run(main())
+    assert any("RTCP port" in r.getMessage() and "without RTCP" in r.getMessage() for r in caplog.records)
+
+
+def test_rtcp_muxed_on_the_rtp_port_is_consumed(run):
+    from media import rtcp
+
+    async def main():
+        phone = await make_peer()
+        session, _, _ = await make_session()
+        session.configure(params_to(phone))
+        rr = rtcp.ReceiverReport(5, (rtcp.ReportBlock(session._sender.ssrc, 64, 3, 0, 16),))
+        phone.transport.sendto(bytes(rr), ("127.0.0.1", session.local_port))
+        phone.transport.sendto(b"\x80\xc9\x00\x05" + bytes(4), ("127.0.0.1", session.local_port))  # truncated
+        await asyncio.sleep(0.05)
+        st = session.stats()
+        assert (st["rtcp_received"], st["rtcp_malformed"], st["packets_malformed"]) == (2, 1, 0)
+        assert (st["peer_fraction_lost"], st["peer_cumulative_lost"], st["peer_jitter_ms"]) == (0.25, 3, 2.0)
+        session.close()
+
+    run(main())
+
+
+# What the session is configured with: CN (RFC 3389) only when the leg asks for it, and
+# the peer's RFC 3605 a=rtcp.
+
+CN_OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n"
+    "m=audio 4000 RTP/AVP 0 13 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+def test_cn_is_negotiated_only_when_asked():
+    from media.sdp import SessionDescription, accept_answer, answer_offer, make_offer
+
+    offer = SessionDescription.parse(CN_OFFER)
+    plain, params = answer_offer(offer, "10.0.0.1", 20000, 1, 1)
+    assert plain.media[0].fmts == ["0", "101"] and params.cn_pt is None  # as before CN existed
+    answer, params = answer_offer(offer, "10.0.0.1", 20000, 1, 1, cn=True)
+    assert answer.media[0].fmts == ["0", "101", "13"] and params.cn_pt == 13
+    assert "a=rtpmap:13 CN/8000\r\n" in str(answer)
+    dynamic = SessionDescription.parse(CN_OFFER.replace("0 13 101", "0 98 101") + "a=rtpmap:98 CN/8000\r\n")
+    assert answer_offer(dynamic, "10.0.0.1", 20000, 1, 1, cn=True)[1].cn_pt == 98
+    ours = make_offer("10.0.0.1", 20000, 1, 1, cn=True)
+    assert ours.media[0].fmts == ["0", "8", "101", "13"]
+    assert make_offer("10.0.0.1", 20000, 1, 1).media[0].fmts == ["0", "8", "101"]
+    assert accept_answer(ours, offer).cn_pt == 13
+    assert accept_answer(ours, SessionDescription.parse(CN_OFFER.replace(" 13", ""))).cn_pt is None
+    assert accept_answer(make_offer("10.0.0.1", 20000, 1, 1), offer).cn_pt is None  # we did not offer it
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("a=rtcp:4001 IN IP4 192.168.1.10", ("192.168.1.10", 4001)),
+    ("a=rtcp:5003", ("10.0.0.2", 5003)),
+    ("a=rtcp:nope", None),
+    ("a=rtcp:4001 IN IP4 phone.example.com", None),  # sendto() would resolve it, blocking
+])
+def test_rfc3605_rtcp_attribute(line, expected):
+    from media.sdp import SessionDescription, answer_offer
+
+    offer = SessionDescription.parse(CN_OFFER + line + "\r\n")
+    assert answer_offer(offer, "10.0.0.1", 20000, 1, 1)[1].rtcp_addr == expected
+
+
+def test_rtcp_goes_to_the_rfc3605_address(run, monkeypatch):
+    from media import rtcp
+
+    monkeypatch.setattr(rtcp, "RTCP_MIN_INTERVAL", 0.2)
+    monkeypatch.setattr(rtcp, "RTCP_BANDWIDTH_FRACTION", 1.0)
+
+    async def main():
+        phone, elsewhere = await make_peer(), await make_peer()
+        session, _, _ = await make_session(rtcp=True)
+        session.configure(MediaParams("PCMU", 0, None, phone.addr, "sendrecv", rtcp_addr=elsewhere.addr))
+        await asyncio.sleep(0.3)
+        session.close()
+        assert elsewhere.received and all(isinstance(rtcp.parse_compound(d)[0], rtcp.ReceiverReport)
+                                          for d, _ in elsewhere.received)
+        assert phone.received == []  # keepalive off: no RTP
+
+    run(main())
