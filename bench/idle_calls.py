@@ -1,28 +1,48 @@
 """Memory of idle calls: N concurrent answered calls whose tasks wait in ReadInput.
 
 Measures the switch's RSS before and with N calls up (no RTP: the app plays nothing),
-and reports RSS per call.
+and reports RSS per call. ``--scrape K``: also time K scrapes of GET /metrics while the
+calls are up (the control API on a free port).
 
     python bench/idle_calls.py --calls 500
+    python bench/idle_calls.py --calls 1000 --rate 200 --scrape 20
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from common import SIPP, free_udp_port, rss_kib, start_switch
+
+from tests.e2e.harness import free_tcp_port
+
+
+def time_gets(control: str, path: str, count: int) -> tuple[float, float, int]:
+    """Median and max wall time of ``count`` GETs of ``path`` (ms), and the body's size."""
+    took, size = [], 0
+    for _ in range(count):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(f"http://{control}{path}", timeout=10) as r:
+            size = len(r.read())
+        took.append(1000 * (time.perf_counter() - t0))
+        time.sleep(0.2)
+    return statistics.median(took), max(took), size
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--rate", type=int, default=100)
+    ap.add_argument("--scrape", type=int, default=0, help="time this many GET /metrics with the calls up")
     args = ap.parse_args()
-    switch = start_switch("answer_wait")
+    control = f"127.0.0.1:{free_tcp_port()}"
+    switch = start_switch("answer_wait", ["--control", control] if args.scrape else [])
     pid = switch.proc.pid
     time.sleep(1.0)
     before = rss_kib(pid)
@@ -35,6 +55,8 @@ def main() -> None:
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(args.calls / args.rate + 5)
     during = rss_kib(pid)
+    # /status, nearly free to build, is the yardstick: the rest is HTTP and the loop's queue.
+    gets = {path: time_gets(control, path, args.scrape) for path in ("/status", "/metrics")} if args.scrape else {}
     sipp.terminate()
     sipp.wait(30)
     switch.stop()
@@ -42,6 +64,9 @@ def main() -> None:
     print("| idle calls | RSS before (MiB) | RSS with calls (MiB) | per call (KiB) |")
     print("|---:|---:|---:|---:|")
     print(f"| {args.calls} | {before / 1024:.0f} | {during / 1024:.0f} | {per_call:.0f} |")
+    for path, (median, worst, size) in gets.items():
+        print(f"GET {path} with {args.calls} calls up: median {median:.1f} ms, max {worst:.1f} ms "
+              f"({args.scrape} requests), {size} bytes")
 
 
 if __name__ == "__main__":

@@ -66,16 +66,21 @@ class Origin:
         )
 
 
-def _parse_connection(value: str) -> str:
-    """c=IN IP4 <addr>[/ttl[/n]] -> address (multicast suffixes dropped)."""
+def _parse_connection(value: str) -> tuple[str, str]:
+    """c=IN IP4 <addr>[/ttl[/n]] -> (address type, address); multicast suffixes dropped."""
     parts = value.split()
     if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
         raise ValueError(f"SDP c= must be 'IN IP4|IP6 <address>': {value!r}")
-    return parts[2].split("/", 1)[0]
+    return parts[1], parts[2].split("/", 1)[0]
 
 
 def _addrtype(addr: str) -> str:
     return "IP6" if ":" in addr else "IP4"
+
+
+class AddressFamilyMismatch(ValueError):
+    """A stream's c= address type is not the one our RTP socket has (the caller answers
+    488 with Warning 301, "Incompatible network address formats", RFC 3261 §20.43)."""
 
 
 @dataclass
@@ -110,6 +115,9 @@ class MediaDescription:
     # Attributes in order, as (name, value or None for flags), e.g. ("rtpmap", "0 PCMU/8000").
     attributes: list[tuple[str, str | None]] = field(default_factory=list)
     other_lines: list[str] = field(default_factory=list)  # i=, b=, k= kept verbatim
+    # The c= line's address type as written (RFC 4566 §5.7): a name (c=IN IP6 host.example)
+    # does not show it; None: derived from the address (SDP we build).
+    addrtype: str | None = None
 
     @classmethod
     def parse_m(cls, value: str) -> MediaDescription:
@@ -169,7 +177,7 @@ class MediaDescription:
         out = [f"m={self.media} {self.port} {self.proto} {' '.join(self.fmts)}".rstrip()]
         out.extend(self.other_lines)
         if self.connection is not None:
-            out.append(f"c=IN {_addrtype(self.connection)} {self.connection}")
+            out.append(f"c=IN {self.addrtype or _addrtype(self.connection)} {self.connection}")
         for k, v in self.attributes:
             out.append(f"a={k}" if v is None else f"a={k}:{v}")
         return out
@@ -184,6 +192,7 @@ class SessionDescription:
     attributes: list[tuple[str, str | None]] = field(default_factory=list)
     media: list[MediaDescription] = field(default_factory=list)
     other_lines: list[str] = field(default_factory=list)  # i=, u=, e=, b=, ... kept verbatim
+    addrtype: str | None = None  # the session-level c= line's address type (as in MediaDescription)
 
     @classmethod
     def parse(cls, text: str | bytes) -> SessionDescription:
@@ -217,11 +226,11 @@ class SessionDescription:
                 attr = (name.strip(), val.strip() if sep else None)
                 (current.attributes if current else sd.attributes).append(attr)
             elif kind == "c":
-                addr = _parse_connection(value)
+                addrtype, addr = _parse_connection(value)
                 if current:
-                    current.connection = addr
+                    current.connection, current.addrtype = addr, addrtype
                 else:
-                    sd.connection = addr
+                    sd.connection, sd.addrtype = addr, addrtype
             elif current is not None:
                 current.other_lines.append(line)
             elif kind == "o":
@@ -243,7 +252,7 @@ class SessionDescription:
         lines = ["v=0", f"o={self.origin}", f"s={self.session_name}"]
         lines.extend(self.other_lines)
         if self.connection is not None:
-            lines.append(f"c=IN {_addrtype(self.connection)} {self.connection}")
+            lines.append(f"c=IN {self.addrtype or _addrtype(self.connection)} {self.connection}")
         lines.append(f"t={self.timing}")
         for k, v in self.attributes:
             lines.append(f"a={k}" if v is None else f"a={k}:{v}")
@@ -258,6 +267,15 @@ class SessionDescription:
 
     def media_connection(self, m: MediaDescription) -> str | None:
         return m.connection if m.connection is not None else self.connection
+
+    def media_addrtype(self, m: MediaDescription) -> str | None:
+        """"IP4" or "IP6": the address type of ``m``'s c= line (RFC 4566 §5.7; the media
+        level one wins), i.e. the family its RTP travels in. None when it has no c=."""
+        if m.connection is not None:
+            return m.addrtype or _addrtype(m.connection)
+        if self.connection is not None:
+            return self.addrtype or _addrtype(self.connection)
+        return None
 
     def media_direction(self, m: MediaDescription) -> str:
         session_default = "sendrecv"
@@ -383,11 +401,18 @@ def answer_offer(
     ``cn``, comfort noise the offer lists is echoed too (with the offerer's PT).
     """
     answer = _our_session(local_ip, session_id, version)
+    stream = answered_stream(offer, supported)
+    if stream is not None and offer.media_addrtype(stream) not in (None, _addrtype(local_ip)):
+        # RFC 4566 §5.7: the offerer sends and receives in the family its c= line names; an
+        # answer from a socket of the other family would be a call with no media.
+        raise AddressFamilyMismatch(
+            f"SDP offer's audio is IN {offer.media_addrtype(stream)}; this leg's media is "
+            f"{_addrtype(local_ip)} ({local_ip})")
     params: MediaParams | None = None
     for m in offer.media:
         chosen: tuple[int, str] | None = None
         dtmf: int | None = None
-        if params is None and _is_rtp_audio(m) and m.port != 0:
+        if m is stream:
             chosen, dtmf = _first_codec(m, supported)
         if chosen is None:
             # §6: a rejected stream keeps its m= line with port 0.
@@ -414,6 +439,16 @@ def answer_offer(
             f"{offered or 'no m= lines'}"
         )
     return answer, params
+
+
+def answered_stream(offer: SessionDescription, supported: Collection[str] = ("PCMU", "PCMA")
+                    ) -> MediaDescription | None:
+    """The m= line ``answer_offer`` answers (RFC 3264 §6): the first RTP/AVP audio stream
+    with a port and a codec in ``supported``; None when there is none."""
+    for m in offer.media:
+        if _is_rtp_audio(m) and m.port != 0 and _first_codec(m, supported)[0] is not None:
+            return m
+    return None
 
 
 def _finish_audio(m: MediaDescription, dtmf_pt: int | None, events: str | None, direction: str,
@@ -471,10 +506,14 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Medi
     om, am = offer.media[index], answer.media[index]
     if am.media != "audio" or am.port == 0:
         raise NoCommonCodec("SDP answer rejected the audio stream (port 0)")
+    ours, theirs = offer.media_addrtype(om), answer.media_addrtype(am)
+    if theirs is not None and ours is not None and theirs != ours:
+        # Our RTP socket has the family of our offer's c= (RFC 4566 §5.7).
+        raise AddressFamilyMismatch(f"SDP answer's audio is IN {theirs}; we offered IN {ours}")
     # By name: an answerer may use another PT number for a codec we offered; we then
     # send with theirs.
-    ours = {c[1] for f in om.fmts if (c := _codec_of(om, om.rtpmaps, f)) is not None}
-    chosen, dtmf = _first_codec(am, ours)
+    offered = {c[1] for f in om.fmts if (c := _codec_of(om, om.rtpmaps, f)) is not None}
+    chosen, dtmf = _first_codec(am, offered)
     if chosen is None:
         raise NoCommonCodec(
             f"SDP answer picks no codec we offered ({' '.join(om.fmts)}): {' '.join(am.fmts)}"

@@ -111,6 +111,14 @@ SEND_ERROR_LOG_INTERVAL = 10.0
 _SEND_ERRORS = (OSError, ValueError, TypeError)
 
 
+def _only_family(sock: socket.socket, family: int) -> None:
+    """An IPv6 socket takes IPv6 only (a dual-stack switch gives IPv4 legs sockets of
+    their own): no IPv4-mapped peer addresses (RFC 4291 §2.5.5.2) to latch onto, and a
+    port another program holds on IPv4 only does not stop an IPv6 bind."""
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+
+
 class _RtpProtocol(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.session: MediaSession | None = None
@@ -306,6 +314,7 @@ class MediaSession:
                 # EADDRINUSE in an OSError without errno, so we could not tell it apart.
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 try:
+                    _only_family(sock, family)
                     sock.setblocking(False)
                     sock.bind((bind_ip, port))
                 except OSError as exc:
@@ -360,6 +369,7 @@ class MediaSession:
         leg carries on without RTCP (its RTP is what the call needs)."""
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            _only_family(sock, family)
             sock.setblocking(False)
             sock.bind((bind_ip, port))
             transport, protocol = await loop.create_datagram_endpoint(_RtcpProtocol, sock=sock)

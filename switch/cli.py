@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
     run.add_argument("--listen", metavar="HOST:PORT",
-                     help="SIP over UDP and TCP: address and port to listen on (default 0.0.0.0:5060)")
+                     help="SIP over UDP and TCP: address and port to listen on (default 0.0.0.0:5060, "
+                          "IPv4; [::]:5060 is IPv6 and IPv4, [::1]:5060 IPv6 only)")
     run.add_argument("--rtp-ports", metavar="LOW-HIGH",
                      help="UDP port range for RTP, one even port per call leg (default 20000-29999)")
     run.add_argument("--media-keepalive", choices=("silence", "cn", "off"),
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="log verbosity (default info); debug shows every SIP state change")
     run.add_argument("--log-format", choices=("text", "json"), help="log line format (default text)")
     run.add_argument("--advertise", metavar="IP",
-                     help="address to put in Contact and SDP (default: the interface facing each caller)")
+                     help="address to put in Contact and SDP (default: the interface facing each caller); "
+                          "used for peers of its family (IPv4 or IPv6)")
     run.add_argument("--max-calls", type=int, metavar="N",
                      help="live call limit; more INVITEs get 503 (default 5000)")
     run.add_argument("--task-memory-mb", type=int, metavar="MB",

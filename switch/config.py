@@ -300,10 +300,21 @@ def _is_loopback(host: str) -> bool:
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT``; an IPv6 address goes in brackets (``[::]:5060``: every IPv6 and IPv4
+    address, ``[::1]:5070``), as in a URI (RFC 3986 §3.2.2), so ``::1:5060`` is refused
+    rather than guessed at. Returns the host without brackets."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{what} must be HOST:PORT (e.g. 0.0.0.0:5060), not {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+        raise ConfigError(f"{what} must be HOST:PORT (e.g. 0.0.0.0:5060 or [::]:5060), not {text!r}")
+    if host.startswith("[") or host.endswith("]") or ":" in host:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ConfigError(f"{what} {text!r}: an IPv6 address goes in brackets, e.g. [::]:5060 "
+                              "or [2001:db8::1]:5060") from None
+        return bare, int(port)
+    return host or "0.0.0.0", int(port)
 
 
 def load(path: str | None, overrides: dict[str, Any]) -> Config:

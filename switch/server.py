@@ -14,6 +14,7 @@ import gc
 import time
 import logging
 import signal
+import socket
 from importlib import metadata
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from media.ports import RtpPortPool
 from media.session import MediaSession
 
 from .apps.store import AppStore
+from .calls.addressing import WILDCARDS, ip_family
 from .calls.admission import Admission, LoopLagMonitor
 from .calls.bridge import Switchboard
 from .calls.call import AppInfo, Call, TaskSink
@@ -36,9 +38,12 @@ from .cdr.writer import CdrWriter
 from .config import DEFAULT_APP, Config
 from .security.access import AccessPolicy
 from .control.api import ControlApi
+from .metrics import SwitchMetrics
 from .sip.message import SipRequest
 from .sip.transaction import TransactionLayer
+from .sip.resolver import family_names
 from .sip.transport import SipTransport
+from .sip.uri import join_hostport
 from .tasks.app import AppError, JsApp
 from .tasks.boundary import CallError
 from .tasks.pool import WorkerPool, default_worker_count
@@ -96,7 +101,6 @@ class Switch:
         self.access = AccessPolicy.from_config(cfg)
         self.sip = SipTransport(loop, TransactionLayer(t1=cfg.sip_t1, product=product_name(cfg.server_version)),
                                 admit=self.access.flood.allow)
-        self.bind_ip = host
         self.ports = RtpPortPool(*cfg.rtp_range)
         self.clock = MediaClock(loop)
         # Decoding and HTTP fetches run here, never on the loop.
@@ -136,6 +140,8 @@ class Switch:
             self.watchdog.start()
         self._load_app()
         await self.tasks.start()
+        self.metrics = SwitchMetrics(self)  # GET /metrics on the control listener
+        self.metrics.start()
         await self._start_control()
         # Everything loaded so far (modules, codecs, tables) lives forever: keep it out
         # of the collector's full passes, which otherwise stall the loop (and RTP) for
@@ -146,8 +152,9 @@ class Switch:
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         # SIP last: no INVITE may arrive before the engine and the apps are ready.
         await self.sip.listen(host, port)
-        logger.info("softswitch listening on udp %s:%d, rtp %s, app %s, data %s",
-                    *self.sip.local_addr, cfg.rtp_ports, cfg.app or "installed apps", cfg.data_path)
+        logger.info("softswitch listening on udp+tcp %s (%s), rtp %s, app %s, data %s",
+                    join_hostport(*self.sip.local_addr), family_names(self.engine.addresses.families),
+                    cfg.rtp_ports, cfg.app or "installed apps", cfg.data_path)
 
     def _load_app(self) -> None:
         if not self.config.app:
@@ -193,8 +200,12 @@ class Switch:
             return
         self.control = control
 
-    async def _open_media(self, call_id: str) -> MediaSession:
-        return await MediaSession.open(self.loop, self.bind_ip, self.ports, self.clock, f"rtp[{call_id}]",
+    async def _open_media(self, call_id: str, family: socket.AddressFamily) -> MediaSession:
+        # RTP binds where SIP listens, in the family the leg's SDP names: "::" (dual stack)
+        # gives IPv6 legs "::" and IPv4 legs "0.0.0.0" (addressing.py).
+        host = self.sip.local_addr[0]
+        bind_ip = host if ip_family(host) == family else WILDCARDS[family]
+        return await MediaSession.open(self.loop, bind_ip, self.ports, self.clock, f"rtp[{call_id}]",
                                        rtcp=self.config.rtcp, keepalive=self.config.media_keepalive)
 
     def app_for(self, invite: SipRequest) -> JsApp:
@@ -242,9 +253,11 @@ class Switch:
             if self.cdr_shipper is not None:
                 await self.loop.run_in_executor(None, self.cdr_shipper.stop)
         self.lag.stop()
+        self.metrics.stop()
         if self.watchdog is not None:
             self.watchdog.stop()
         self.clock.stop()
+        self.engine.close()
         self.sip.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         logger.info("stopped")

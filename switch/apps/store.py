@@ -133,6 +133,9 @@ class AppStore:
         self._app_locks: dict[str, asyncio.Lock] = {}
         self._mirror_locks: dict[Path, asyncio.Lock] = {}
         self._state_lock = asyncio.Lock()  # one apps.json writer at a time: no lost update
+        # Install attempts by (app, result): ok, fetch_failed (502), check_failed (422),
+        # failed (anything else, e.g. apps.json not written); for the metrics.
+        self.installs: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ startup
 
@@ -187,6 +190,18 @@ class AppStore:
         """Fetch, check and make live; returns the record plus ``timings_ms``. Installs of
         one app are serialized (a per-app lock), so the last one to finish is live."""
         check_app_name(name)
+        result = "failed"
+        try:
+            out = await self._install(name, url, commit)
+            result = "ok"
+            return out
+        except DeployError as exc:
+            result = {502: "fetch_failed", 422: "check_failed"}.get(exc.status, result)
+            raise
+        finally:
+            self.installs[name, result] = self.installs.get((name, result), 0) + 1
+
+    async def _install(self, name: str, url: str, commit: str) -> dict[str, Any]:
         lock = self._app_locks.setdefault(name, asyncio.Lock())
         async with lock:
             t0 = time.perf_counter()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,18 @@ class LoopLagMonitor:
         self._handle = self.loop.call_at(self._expected, self._probe)
 
 
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """Why a new call is refused: ``key`` is stable (``call-limit``, ``loop-lag``...: the
+    metrics' label), ``text`` says it for a human (the 503's reason phrase, the log)."""
+
+    key: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class Admission:
     def __init__(self, lag: LoopLagMonitor, max_calls: int, max_lag: float = 0.1,
                  max_sustained_lag: float = 0.015,
@@ -73,7 +86,7 @@ class Admission:
         self._last_report = -1e9
         self._unreported = 0
 
-    def note_refusal(self, reason: str) -> None:
+    def note_refusal(self, reason: Shed) -> None:
         """Count a refused call; log at most one line per 5 s so overload is visible
         without the log itself adding to it."""
         self.refused += 1
@@ -85,18 +98,18 @@ class Admission:
             self._last_report = now
             self._unreported = 0
 
-    def refuse_reason(self, live_calls: int) -> str | None:
+    def refuse_reason(self, live_calls: int) -> Shed | None:
         """None to admit; else why the call is refused (goes into the 503's reason)."""
         if self.draining:
-            return "shutting down"
+            return Shed("draining", "shutting down")
         if live_calls >= self.max_calls:
-            return f"call limit {self.max_calls} reached"
+            return Shed("call-limit", f"call limit {self.max_calls} reached")
         if not self.tasks_available():
-            return "no JS worker running (restarting)"
+            return Shed("no-js-worker", "no JS worker running (restarting)")
         if self.rtp_ports_free() < 2:  # a bridged call needs two legs
-            return "RTP port range exhausted (widen --rtp-ports)"
+            return Shed("no-rtp-ports", "RTP port range exhausted (widen --rtp-ports)")
         if self.lag.lag > self.max_lag:
-            return f"overloaded (loop lag {self.lag.lag * 1000:.0f} ms)"
+            return Shed("loop-lag", f"overloaded (loop lag {self.lag.lag * 1000:.0f} ms)")
         if self.lag.sustained > self.max_sustained_lag:
-            return f"overloaded (loop lag {self.lag.sustained * 1000:.0f} ms for 2 s)"
+            return Shed("loop-lag-sustained", f"overloaded (loop lag {self.lag.sustained * 1000:.0f} ms for 2 s)")
         return None

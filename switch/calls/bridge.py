@@ -189,10 +189,18 @@ class Switchboard:
             if refusal is not None:
                 raise CallError(f"StartBridgedCall: {refusal.reason}: {dest!r} is a {route.target.value} and "
                                 f"the caller ({call.caller}) has no dial_out permission", refusal.status)
+            try:
+                # A gateway's or URI's host name, looked up off the loop (RFC 3263 §4.2,
+                # A/AAAA); an IP returns at once.
+                addr = await self.engine.resolve(route.addr)
+            except CallError as exc:
+                raise CallError(f"StartBridgedCall: {exc}", exc.status) from None
         except CallError as exc:
             bridge.failure_status = exc.status  # the caller hears why (404: no such user, 403)
             raise
-        leg = call.add_egress(bridge, route.uri, route.addr, TaskSink(task.tid, task.post), route.credentials)
+        if bridge.broken:  # broken while the name was looked up
+            raise CallError("StartBridgedCall: the bridge is gone (the caller hung up or it was broken)")
+        leg = call.add_egress(bridge, route.uri, addr, TaskSink(task.tid, task.post), route.credentials)
         # The task owns the leg from the start: IsConnected() and Disconnect() see it
         # while the INVITE is being placed.
         task.attach_leg(call.control(leg))

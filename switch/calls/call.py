@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ..sip.uri import NameAddr, SipUri
 from ..tasks import events
 from ..tasks.api import LEG_METHODS
 from ..tasks.boundary import CallError
+from .addressing import ip_family
 from .inbound import InboundLeg
 from .leg import Confirmed, Ended, Happening, KeyPressed, Leg, MediaChanged, Progress
 from .outbound import Credentials, OutboundLeg, callee_codecs
@@ -141,6 +143,8 @@ class Call:
         return self.closed
 
     def _close(self) -> None:
+        if self.closed.done():
+            return  # (the last leg retired inside stop()'s own loop: closed already)
         if self._counted is not None:
             self._counted.release()
         for opening in self._opening.values():
@@ -240,7 +244,8 @@ class Call:
 
     async def _open(self, leg: Leg) -> MediaSession:
         try:
-            media = await self.engine.open_media(leg.call_id)
+            # The socket's family is that of the address our SDP names (RFC 4566 §5.7).
+            media = await self.engine.open_media(leg.call_id, ip_family(leg.local.rtp_ip) or socket.AF_INET)
         except CallError:
             self._opening.pop(leg, None)  # a later verb may try again
             raise
@@ -282,8 +287,9 @@ class Call:
     # ------------------------------------------------------------------ bridging
     def add_egress(self, bridge: Bridge, target: SipUri, addr: tuple[str, int], sink: TaskSink,
                    credentials: Credentials | None = None) -> OutboundLeg:
-        """The bridge's outbound leg to ``target`` at ``addr``, owned by the task behind
-        ``sink``: the caller's identity, the caller's codec offered first."""
+        """The bridge's outbound leg to ``target`` at ``addr`` (an IP: ``CallEngine.resolve``
+        looked its name up), owned by the task behind ``sink``: the caller's identity, the
+        caller's codec offered first, media in ``addr``'s family."""
         if self.stopping:
             raise CallError(f"StartBridgedCall: the call has ended ({self.stop_reason})")
         ingress = self.ingress

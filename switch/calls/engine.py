@@ -12,6 +12,14 @@ everything else to the leg it belongs to through three indexes:
 Each input goes to the leg, then the leg's ``Call`` pumps it (``Call.pump``): the
 leg's queued messages come back here (``transmit``) and its happenings go to the call.
 A leg is forgotten (``forget``) when its call retires it; a call when its last leg is.
+
+Host names are resolved here, off the loop (``switch/sip/resolver.py``), never by the
+transport's ``sendto()``. A new call's destination is resolved before its leg exists
+(``resolve``, from ``StartBridgedCall``). An in-dialog request may still name a host (a
+Contact or Record-Route with a name, RFC 3261 §12.2.1.1): ``transmit`` sends it at once
+when the name is cached, else holds it, and every later request of that leg behind it,
+until the lookup ends, so the leg's requests keep their order. A lookup that fails is,
+for the leg, a 503 to that request (RFC 3261 §8.1.3.1: a transport failure).
 """
 
 from __future__ import annotations
@@ -19,25 +27,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from media.playback import PlaybackCache
+from media.sdp import SessionDescription
 from media.ports import NoRtpPorts
 from media.session import MediaSession
 
 from ..sip.events import AckReceived, AckTimedOut, RequestReceived, ResponseReceived, SipEvent, TransactionTimedOut
 from ..sip.message import SipRequest, make_response
+from ..sip.resolver import ResolveError, Resolver
 from ..sip.transaction import ClientTransaction, InviteServerTransaction, ServerTransaction
 from ..sip.transport import SipTransport
 from ..security.access import AccessPolicy, Refusal
 from ..sip.uas import uas_refusal
 from ..sip.uri import SipUri
 from ..tasks.boundary import CallError
+from .addressing import LocalAddresses
 from .admission import Admission
 from .call import Call, TaskSink
 from .inbound import InboundLeg
-from .leg import ALLOW, KNOWN_NOT_ALLOWED, Leg, Local, Respond, Send
-from .offer_answer import SDP, OfferAnswerError, parse_offer
+from .leg import ALLOW, KNOWN_NOT_ALLOWED, Leg, Local, Respond, Send, SendStateless
+from .offer_answer import FAMILIES, SDP, OfferAnswerError, offer_media, parse_offer
 from .registrar import Registrar
 from .routing import OutboundRoutes, Route, Router
 
@@ -55,7 +67,7 @@ class CallEngine:
         sip: SipTransport,
         admission: Admission,
         playback: PlaybackCache,
-        open_media: Callable[[str], Awaitable[MediaSession]],
+        open_media: Callable[[str, socket.AddressFamily], Awaitable[MediaSession]],
         launch: Callable[[Call], TaskSink],
         advertise: str | None = None,
         gateways: OutboundRoutes | None = None,
@@ -66,7 +78,7 @@ class CallEngine:
         self.sip = sip
         self.admission = admission
         self.playback = playback
-        self._open_media = open_media  # async (call_id) -> MediaSession; raises NoRtpPorts
+        self._open_media = open_media  # async (call_id, family) -> MediaSession; raises NoRtpPorts
         self._launch = launch  # picks the app and starts the call's task; raises CallError
         self.advertise = advertise
         self.registrar = registrar or Registrar({})
@@ -74,7 +86,11 @@ class CallEngine:
         # host only: a stranger's INVITE gets 403 before anything else happens.
         self.access = access or AccessPolicy()
         self.router = Router(gateways or OutboundRoutes(), self.registrar, self._is_us)
-        self._route_cache: dict[str, str] = {}
+        self.addresses = LocalAddresses(lambda: self.sip.local_addr, advertise)
+        self.resolver = Resolver(loop, lambda: self.addresses.families)
+        # In-dialog requests held until their next hop's name is resolved, by leg, in order.
+        self._held: dict[Leg, deque[Send | SendStateless]] = {}
+        self._lookups: set[asyncio.Task[None]] = set()
         self.calls: dict[str, Call] = {}  # live calls by their ingress leg's key
         self.legs: dict[Leg, Call] = {}  # live legs (both directions) -> their call
         self._dialogs: dict[tuple[str, str, str], Leg] = {}
@@ -82,21 +98,21 @@ class CallEngine:
         self._client: dict[ClientTransaction, tuple[Leg, str]] = {}
         self._txns_of: dict[Leg, list[ClientTransaction]] = {}
         self.calls_started = 0
+        # New INVITEs answered with an error before any call existed, by reason (metrics):
+        # who calls (Refusal.why), admission (Shed.key), or what the request asks for.
+        self.refusals: dict[str, int] = {}
         # Told of every call once it is over, all its legs finished (CDRs, metrics); an
         # observer's error is logged, never the call's problem.
         self.observers: list[Callable[[Call], None]] = []
         sip.user = self
 
     # ------------------------------------------------------------------ addressing
-    def local_for(self, peer_host: str) -> Local:
-        """How a leg to ``peer_host`` names us (Contact, Via, SDP): the configured
-        advertise address, the listen address, or the interface that routes to it."""
-        ip = self.advertise
-        if not ip:
-            ip = self._route_cache.get(peer_host)
-            if ip is None:
-                ip = self._route_cache[peer_host] = local_ip_towards(peer_host, self.sip.local_addr[0])
-        return Local(ip, self.sip.local_addr[1])
+    def local_for(self, peer_host: str, media_ip: str | None = None) -> Local:
+        """How a leg to ``peer_host`` (an IP) names us (Contact, Via, SDP): the configured
+        advertise address, the listen address, or the interface that routes to it
+        (``addressing.py``); ``media_ip``: our RTP address when the SDP's family differs."""
+        ip = self.addresses.sip(peer_host)
+        return Local(ip, self.sip.local_addr[1], media_ip if media_ip != ip else None)
 
     def has_connection(self, addr: Addr) -> bool:
         """A live TCP connection from that address (a phone registered over TCP)."""
@@ -107,16 +123,22 @@ class CallEngine:
         # a port-less URI naming one of our addresses is us, whatever port we listen on.
         if uri.port is not None and uri.port != self.sip.local_addr[1]:
             return False
-        host = uri.host.strip("[]")
-        return host in ("127.0.0.1", "localhost", self.sip.local_addr[0], self.advertise) or (
-            host in self._route_cache.values())
+        return self.addresses.is_ours(uri.host.strip("[]"))
 
     def route(self, dest: str) -> Route:
         return self.router.route(dest)
 
-    async def open_media(self, call_id: str) -> MediaSession:
+    async def resolve(self, addr: Addr) -> Addr:
+        """Where a new leg's requests go, as an IP of a family we serve (a host name looked
+        up off the loop); CallError with 404/503 when there is none."""
         try:
-            return await self._open_media(call_id)
+            return await self.resolver.resolve(addr)
+        except ResolveError as exc:
+            raise CallError(str(exc), exc.status) from None
+
+    async def open_media(self, call_id: str, family: socket.AddressFamily) -> MediaSession:
+        try:
+            return await self._open_media(call_id, family)
         except NoRtpPorts as exc:
             raise CallError(str(exc), 503) from None
 
@@ -136,7 +158,8 @@ class CallEngine:
             self._client.pop(txn, None)
 
     def call_closed(self, call: Call) -> None:
-        self.calls.pop(call.ingress.key, None)
+        if self.calls.pop(call.ingress.key, None) is not call:
+            return  # (Call._close reports once; observers must never hear of a call twice)
         for observer in self.observers:
             try:
                 observer(call)
@@ -147,22 +170,63 @@ class CallEngine:
         return len(self.calls)
 
     def transmit(self, leg: Leg) -> None:
-        """Send what ``leg`` queued; index its dialog once it has one."""
+        """Send what ``leg`` queued; index its dialog once it has one. A request whose
+        next hop is a name not yet resolved is held (see the module doc)."""
         if leg.outbox:
-            sip = self.sip
             for item in leg.take_outbox():
                 if isinstance(item, Respond):
-                    sip.send_response(item.transaction, item.response)
-                elif isinstance(item, Send):
-                    txn = sip.send_request(item.request, item.addr)
-                    if item.track:
-                        self._client[txn] = (leg, item.request.method)
-                        self._txns_of.setdefault(leg, []).append(txn)
+                    # §18.2.2: to where the request came from (received/rport), an IP.
+                    self.sip.send_response(item.transaction, item.response)
+                    continue
+                held = self._held.get(leg)
+                addr = self.resolver.cached(item.addr) if held is None else None
+                if addr is not None:
+                    self._send(leg, item, addr)
+                elif held is not None:
+                    held.append(item)
                 else:
-                    sip.send_stateless(item.message, item.addr)
+                    self._held[leg] = deque((item,))
+                    task = self.loop.create_task(self._send_held(leg))
+                    self._lookups.add(task)
+                    task.add_done_callback(self._lookups.discard)
         dialog = leg.dialog
         if dialog is not None and leg in self.legs and dialog.id not in self._dialogs:
             self._dialogs[dialog.id] = leg
+
+    def _send(self, leg: Leg, item: Send | SendStateless, addr: Addr) -> None:
+        if isinstance(item, SendStateless):
+            self.sip.send_stateless(item.message, addr)
+            return
+        txn = self.sip.send_request(item.request, addr)
+        if item.track and leg in self.legs:
+            self._client[txn] = (leg, item.request.method)
+            self._txns_of.setdefault(leg, []).append(txn)
+
+    async def _send_held(self, leg: Leg) -> None:
+        """Resolve the next hop of each request ``leg`` holds, in order, and send it; a
+        request whose name does not resolve is answered 503 for the leg (§8.1.3.1)."""
+        held = self._held[leg]
+        try:
+            while held:
+                item = held[0]
+                try:
+                    addr = await self.resolver.resolve(item.addr)
+                except ResolveError as exc:
+                    held.popleft()
+                    self._unreachable(leg, item, exc)
+                    continue
+                held.popleft()
+                self._send(leg, item, addr)
+        finally:
+            self._held.pop(leg, None)
+        self._pump(leg)  # what the leg queued meanwhile, or made of a failure
+
+    def _unreachable(self, leg: Leg, item: Send | SendStateless, exc: ResolveError) -> None:
+        request = item.message if isinstance(item, SendStateless) else item.request
+        leg.log.warning("%s %s: %s not sent: %s", leg.kind, leg.call_id, request.method, exc)
+        if isinstance(item, Send) and item.track and leg in self.legs:
+            leg.on_response(request.method, make_response(request, 503, f"Service Unavailable ({exc})"[:120]),
+                            self.loop.time())
 
     def _pump(self, leg: Leg) -> None:
         call = self.legs.get(leg)
@@ -302,45 +366,71 @@ class CallEngine:
             leg.on_cancel(now)
             self._pump(leg)
 
+    def _count_refusal(self, why: str) -> None:
+        self.refusals[why] = self.refusals.get(why, 0) + 1
+
     def _on_invite(self, txn: InviteServerTransaction, invite: SipRequest, now: float) -> None:
         # Who calls comes first (RFC 3261 §26.3.2.2 for the 407): a stranger learns nothing
         # else about us, and no leg, task or media exists for it.
         caller = self.access.check_invite(invite, txn.addr, now)
         if isinstance(caller, Refusal):
+            self._count_refusal(caller.why)
             self._reply(txn, invite, caller.status, caller.reason, headers=caller.headers or None)
             return
         refusal = self.admission.refuse_reason(len(self.calls))
         if refusal is not None:
+            self._count_refusal(refusal.key)
             self.admission.note_refusal(refusal)
-            self._reply(txn, invite, 503, f"Service Unavailable ({refusal})",
+            self._reply(txn, invite, 503, f"Service Unavailable ({refusal.text})",
                         headers={"retry-after": "30" if self.admission.draining else "1"})
             return
         # A URI of another scheme passed parsing as an absoluteURI (RFC 3261 §25.1) and is
         # refused here, 416 (§21.4.16; RFC 4475 §3.3.2); so is a Require we lack (420).
         if self._refused(txn, invite):
+            self._count_refusal("unsupported")
             return
         if not _accepts_sdp(invite.get("accept")):
             # §21.4.7: every answer of ours carries SDP, which the caller says it cannot take
             # (RFC 4475 §3.3.13).
+            self._count_refusal("not-acceptable")
             self._reply(txn, invite, 406, headers={"accept": SDP, "warning": '399 - "we answer with application/sdp"'})
             return
         offer = None
         if invite.body:
             ctype = (invite.get("content-type") or "").split(";")[0].strip().lower()
             if ctype != SDP:
+                self._count_refusal("unsupported-media-type")
                 self._reply(txn, invite, 415, headers={"accept": SDP})
                 return
             try:
-                offer = parse_offer(invite.body)  # refused before any call or task exists
+                # Refused before any call or task exists; in a family we serve (RFC 4566 §5.7).
+                offer = parse_offer(invite.body, self.addresses.families)
+                local = self._local_for_offer(txn.addr[0], offer)
             except OfferAnswerError as exc:
+                self._count_refusal("bad-sdp")
                 self._reply(txn, invite, exc.status, exc.reason, headers=exc.headers)
                 return
-        leg = InboundLeg(txn, invite, offer, self.local_for(txn.addr[0]), now, caller=str(caller))
+        else:
+            local = self.local_for(txn.addr[0])  # we offer, in the family the caller came in
+        leg = InboundLeg(txn, invite, offer, local, now, caller=str(caller))
         call = Call(self, leg, caller, self.access.call_started(caller))
         self.calls[leg.key] = call
         self.adopt(call, leg)
         self.calls_started += 1
         call.start(self._launch)
+
+    def _local_for_offer(self, caller: str, offer: SessionDescription) -> Local:
+        """Our addresses for a caller whose offer is in a family we serve: the answer's
+        c= is our address in the offer's family, facing its c= address (RFC 4566 §5.7;
+        it may differ from the family the SIP came in). 488 with Warning 301 when we
+        have none (this host has no IPv6 address, say)."""
+        addrtype, peer_media = offer_media(offer)
+        if addrtype is None:
+            return self.local_for(caller)
+        media_ip = self.addresses.media(FAMILIES[addrtype], peer_media, caller)
+        if media_ip is None:
+            raise OfferAnswerError(488, f"no {addrtype} address of ours reaches {peer_media}", 301)
+        return self.local_for(caller, media_ip)
 
     # ------------------------------------------------------------------ shutdown
     def stop_all(self, why: str) -> list[asyncio.Future[None]]:
@@ -348,17 +438,12 @@ class CallEngine:
         Disconnect event); the futures are done when each call's dialogs are finished."""
         return [call.stop(why, 503, tell_tasks=True) for call in list(self.calls.values())]
 
-
-def local_ip_towards(peer_host: str, bound_ip: str) -> str:
-    """The source IP the kernel would use to reach ``peer_host`` (no packet is sent)."""
-    if bound_ip not in ("0.0.0.0", "::", ""):
-        return bound_ip
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((peer_host, 9))
-            return str(probe.getsockname()[0])
-    except OSError:
-        return "127.0.0.1"
+    def close(self) -> None:
+        """After the drain: stop waiting for name lookups (their requests are not sent)."""
+        for task in list(self._lookups):
+            task.cancel()
+        self._held.clear()  # (a task cancelled before its first step never runs its finally)
+        self.resolver.close()
 
 
 def _accepts_sdp(accept: str | None) -> bool:
@@ -376,4 +461,4 @@ def _stateless_tag(request: SipRequest) -> str:
     return format(hash((request.call_id, request.from_tag, request.cseq.number)) & 0xFFFFFFFF, "08x")
 
 
-__all__ = ["CallEngine", "OutboundRoutes", "local_ip_towards"]
+__all__ = ["CallEngine", "OutboundRoutes"]

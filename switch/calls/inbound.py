@@ -36,7 +36,7 @@ class InboundLeg(Leg):
     def __init__(self, txn: InviteServerTransaction, invite: SipRequest, offer: SessionDescription | None,
                  local: Local, now: float, caller: str = "") -> None:
         # offer None: the INVITE had no SDP; we offer in the 200 and the ACK answers.
-        super().__init__(invite.call_id, local, LegState.INCOMING, OfferAnswer(local.ip, offer), now)
+        super().__init__(invite.call_id, local, LegState.INCOMING, OfferAnswer(local.rtp_ip, offer), now)
         self.txn = txn
         invite.freeze()  # kept for the whole call: as GC-untracked data
         self.invite = invite

@@ -51,10 +51,17 @@ KNOWN_NOT_ALLOWED = frozenset(("REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "ME
 
 @dataclass(frozen=True, slots=True)
 class Local:
-    """How a leg names us to its peer: the address it can reach us at and our SIP port."""
+    """How a leg names us to its peer: the address it can reach us at, our SIP port, and
+    the address our SDP names for RTP when it differs (an ``IN IP6`` offer that came over
+    IPv4 SIP is answered from our IPv6 address, RFC 4566 §5.7)."""
 
     ip: str
     sip_port: int
+    media_ip: str | None = None
+
+    @property
+    def rtp_ip(self) -> str:
+        return self.media_ip or self.ip
 
     def contact(self, tcp: bool = False) -> str:
         return f"<sip:{self.sent_by}{';transport=tcp' if tcp else ''}>"

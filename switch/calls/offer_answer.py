@@ -8,27 +8,46 @@ offer is built once and reused for the 183 and the 200 (RFC 3261 §13.2.1 says t
 must be the same), and a new version is made only for a new offer (RFC 3264 §8).
 
 Failures raise ``OfferAnswerError`` carrying the SIP status the peer should get:
-488 with a Warning for no common codec (RFC 3261 §21.4.26, Warning 305), 400 for SDP
-that does not parse.
+488 with a Warning for no common codec (RFC 3261 §21.4.26, Warning 305) or media in an
+address family we cannot serve (Warning 301), 400 for SDP that does not parse.
+
+Address families (RFC 4566 §5.7, RFC 5118 §4.6): a leg's RTP socket has one family,
+chosen when the leg is made (the offer's ``c=IN IP6`` gets an IPv6 socket, our offer the
+family of the callee's address), so every SDP the leg receives must keep to it: an answer
+or a re-INVITE in the other family is refused rather than accepted into a silent call.
 """
 
 from __future__ import annotations
 
 import random
+import socket
+from collections.abc import Collection
 
-from media.sdp import MediaParams, NoCommonCodec, SessionDescription, accept_answer, answer_offer, make_offer
+from media.sdp import (
+    AddressFamilyMismatch, MediaParams, NoCommonCodec, SessionDescription, accept_answer, answer_offer,
+    answered_stream, make_offer,
+)
+
+from ..sip.resolver import family_names
 
 SDP = "application/sdp"
 CODECS = ("PCMU", "PCMA")
+# SDP address types (RFC 4566 §5.7) as socket families, and the address that stands for
+# "any" in each (a placeholder answer checks an offer before any socket exists).
+FAMILIES = {"IP4": socket.AF_INET, "IP6": socket.AF_INET6}
+_ANY = {"IP4": "0.0.0.0", "IP6": "::"}
 
 
 class OfferAnswerError(Exception):
-    """The peer's SDP cannot be used; ``status`` is what to answer (488 or 400)."""
+    """The peer's SDP cannot be used; ``status`` is what to answer (488 or 400), and
+    ``warning`` the RFC 3261 §20.43 code a 488 carries (305: media format, 301: address
+    format)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, warning: int = 305) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.warning = warning
 
     @property
     def reason(self) -> str | None:
@@ -37,34 +56,56 @@ class OfferAnswerError(Exception):
 
     @property
     def headers(self) -> dict[str, str | list[str]]:
-        """RFC 3261 §20.43: 305 "Incompatible media format" says why a 488 was sent."""
-        return {"warning": f'305 - "{self.detail}"'} if self.status == 488 else {}
+        """RFC 3261 §20.43: 305 "Incompatible media format" or 301 "Incompatible network
+        address formats" says why a 488 was sent."""
+        return {"warning": f'{self.warning} - "{self.detail}"'} if self.status == 488 else {}
 
 
-def parse_offer(body: bytes) -> SessionDescription:
-    """The peer's offer, checked answerable before any call or task exists."""
+def parse_offer(body: bytes, families: Collection[int] = tuple(FAMILIES.values())) -> SessionDescription:
+    """The peer's offer, checked answerable before any call or task exists: a codec we
+    have, in an address family of ``families`` (those we have sockets for)."""
     offer = _parse(body)
-    _answer(offer, "0.0.0.0", 9, 0, 0)
+    try:
+        addrtype = offer_media(offer)[0]  # (reads the rtpmaps: a malformed one is a 400)
+    except ValueError as exc:
+        raise _refusal(exc) from None
+    if addrtype is not None and FAMILIES[addrtype] not in families:
+        raise OfferAnswerError(488, f"the offer's audio is IN {addrtype}; this switch serves "
+                                    f"{family_names(families)} only", 301)
+    _answer(offer, _ANY[addrtype or "IP4"], 9, 0, 0)
     return offer
+
+
+def offer_media(offer: SessionDescription) -> tuple[str | None, str | None]:
+    """The address type ("IP4"/"IP6") and c= address of the stream we would answer;
+    (None, None) when there is no such stream or it has no c= (answering says why)."""
+    stream = answered_stream(offer, CODECS)
+    if stream is None:
+        return None, None
+    return offer.media_addrtype(stream), offer.media_connection(stream)
 
 
 def _parse(body: bytes) -> SessionDescription:
     try:
         return SessionDescription.parse(body)
-    except NoCommonCodec as exc:
-        raise OfferAnswerError(488, str(exc)) from None
     except ValueError as exc:
-        raise OfferAnswerError(400, str(exc)) from None
+        raise _refusal(exc) from None
 
 
 def _answer(offer: SessionDescription, ip: str, port: int, session: int,
             version: int, cn: bool = False) -> tuple[SessionDescription, MediaParams]:
     try:
         return answer_offer(offer, ip, port, session, version, cn=cn)
-    except NoCommonCodec as exc:
-        raise OfferAnswerError(488, str(exc)) from None
     except ValueError as exc:
-        raise OfferAnswerError(400, str(exc)) from None
+        raise _refusal(exc) from None
+
+
+def _refusal(exc: ValueError) -> OfferAnswerError:
+    """What the peer gets for SDP we cannot use: 488 (Warning 305 codec, 301 family), or
+    400 for SDP that does not parse."""
+    if isinstance(exc, AddressFamilyMismatch):
+        return OfferAnswerError(488, str(exc), 301)
+    return OfferAnswerError(488 if isinstance(exc, NoCommonCodec) else 400, str(exc))
 
 
 class OfferAnswer:
@@ -134,10 +175,8 @@ class OfferAnswer:
         answer = _parse(body)
         try:
             self.params = accept_answer(self.our_offer, answer)
-        except NoCommonCodec as exc:
-            raise OfferAnswerError(488, str(exc)) from None
         except ValueError as exc:
-            raise OfferAnswerError(400, str(exc)) from None
+            raise _refusal(exc) from None
         return self.params
 
     def new_offer(self, body: bytes) -> bytes:

@@ -17,7 +17,7 @@ from ..security.digest import digest_response, parse_digest
 from ..sip.dialog import Dialog
 from ..sip.message import SipRequest, SipResponse
 from ..sip.transaction import make_cancel, new_branch
-from ..sip.uri import NameAddr, SipUri
+from ..sip.uri import NameAddr, SipUri, join_hostport
 from ..tasks.boundary import CallError
 from .leg import ALLOW, Confirmed, Leg, LegState, Local, MediaChanged, Progress, Send, SendStateless
 from .offer_answer import SDP, OfferAnswer, OfferAnswerError
@@ -44,7 +44,7 @@ class OutboundLeg(Leg):
                  codecs: tuple[str, ...], local: Local, now: float, over_tcp: bool = False,
                  credentials: Credentials | None = None) -> None:
         super().__init__(f"{new_branch()[7:]}@softswitch", local, LegState.CALLING,
-                         OfferAnswer(local.ip, codecs=codecs), now)
+                         OfferAnswer(local.rtp_ip, codecs=codecs), now)
         self.target = target
         self.addr = addr
         self.caller = caller
@@ -95,7 +95,7 @@ class OutboundLeg(Leg):
         headers: dict[str, list[str]] = {
             "via": [f"SIP/2.0/{'TCP' if self.tcp else 'UDP'} {self.local.sent_by};branch={new_branch()};rport"],
             "max-forwards": ["70"],
-            "from": [f"{display}<sip:{from_user}@{self.local.ip}>;tag={self.local_tag}"],
+            "from": [f"{display}<sip:{from_user}@{join_hostport(self.local.ip)}>;tag={self.local_tag}"],
             "to": [f"<{self.target}>"],
             "call-id": [self.call_id],
             "cseq": ["1 INVITE"],

@@ -17,7 +17,7 @@ Addr = tuple[str, int]
 
 class Route(NamedTuple):
     uri: SipUri  # the Request-URI
-    addr: Addr  # where to send it
+    addr: Addr  # where to send it; the host may be a name (CallEngine.resolve looks it up)
     target: DialTarget  # what it is: dial-out permission depends on it
     credentials: Credentials | None = None  # what the gateway may challenge us for (401/407)
 

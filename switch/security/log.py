@@ -61,14 +61,19 @@ class SecurityLog:
     def __init__(self, log: logging.Logger = logger) -> None:
         self.log = log
         self._folded: OrderedDict[tuple[str, str, str], list[float]] = OrderedDict()  # -> [last, repeats]
+        # Every event by (event, reason), folded repeats included (the metrics): both are
+        # names from our code, so the table stays small whatever the traffic.
+        self.counts: dict[tuple[str, str], int] = {}
 
     def event(self, event: str, source: str, now: float, *, level: int = logging.WARNING,
               fold: bool = False, **fields: object) -> None:
         """Log ``SECURITY <event> source=<source> k=v...``. With ``fold``, one line per
         (event, source, reason) per REPEAT_INTERVAL; the repeats in between are counted
         and reported on the next line as ``repeated=N``."""
+        kind = (event, str(fields.get("reason", "")))
+        self.counts[kind] = self.counts.get(kind, 0) + 1
         if fold:
-            key = (event, source, str(fields.get("reason", "")))
+            key = (event, source, kind[1])
             seen = self._folded.get(key)
             if seen is not None and now - seen[0] < REPEAT_INTERVAL:
                 seen[1] += 1

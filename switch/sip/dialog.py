@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .message import SipParseError, SipRequest, SipResponse
+from .message import SipRequest, SipResponse
 from .transaction import new_branch
 from .uri import NameAddr, SipUri
 
@@ -49,7 +49,8 @@ class Dialog:
             remote_tag=invite.from_tag or "",
             local_uri=str(to),
             remote_uri=invite.headers["from"][0],
-            remote_target=_contact_uri(invite),
+            # RFC 2543 UAs (RFC 4475 §3.4.1) may send no Contact: reach them at From.
+            remote_target=_contact_uri(invite, invite.from_.uri),
             route_set=list(invite.headers.get("record-route", ())),
             local_seq=0,
             remote_seq=invite.cseq.number,
@@ -65,7 +66,8 @@ class Dialog:
             remote_tag=response.to_tag or "",
             local_uri=invite.headers["from"][0],
             remote_uri=response.headers["to"][0],
-            remote_target=_contact_uri(response),
+            # A 2xx without Contact (not RFC 3261, but seen): keep sending to where we did.
+            remote_target=_contact_uri(response, invite.uri),
             route_set=list(reversed(response.headers.get("record-route", ()))),
             local_seq=invite.cseq.number,
             remote_seq=None,
@@ -81,7 +83,7 @@ class Dialog:
             if self.remote_seq is None or number > self.remote_seq:
                 self.remote_seq = number
         if request.method in ("INVITE", "UPDATE") and request.get("contact"):
-            self.remote_target = _contact_uri(request)  # target refresh
+            self.remote_target = _contact_uri(request, self.remote_target)  # target refresh
         return None
 
     def create_request(self, method: str, via_sent_by: str, *, body: bytes = b"",
@@ -114,7 +116,8 @@ class Dialog:
 
     def next_hop(self, request: SipRequest) -> Addr:
         """Where to send an in-dialog request: the peer's TCP connection if it came over
-        one (connection reuse), else the first Route, else the Request-URI."""
+        one (connection reuse), else the first Route, else the Request-URI (a host name
+        there is resolved by the engine, ``uri_address``)."""
         if self.connection is not None:
             return self.connection
         routes = request.headers.get("route")
@@ -122,16 +125,20 @@ class Dialog:
         return uri_address(SipUri.parse(target))
 
 
-def _contact_uri(msg: SipRequest | SipResponse) -> str:
+def _contact_uri(msg: SipRequest | SipResponse, fallback: str) -> str:
+    """The remote target a dialog-creating message gives (RFC 3261 §12.1.1: its Contact;
+    the parser checked it is one SIP URI), or ``fallback`` when it has none."""
     contact = msg.get("contact")
     if not contact:
-        raise SipParseError("no Contact in a dialog-creating message")
+        return fallback
     return NameAddr.parse(contact).uri
 
 
 def uri_address(uri: SipUri) -> Addr:
-    """Transport address of a SIP URI. Hosts must be IP literals or resolvable names;
-    DNS SRV/NAPTR (RFC 3263) is not done yet: we use the A record and port 5060."""
+    """Transport address of a SIP URI (its ``maddr`` if any, RFC 3261 §19.1.1): the host
+    as written, which may be a name: the call engine resolves it off the loop before
+    anything is sent there (``switch/sip/resolver.py``: A/AAAA; SRV/NAPTR, RFC 3263, are
+    not done yet, so the port is the URI's or 5060)."""
     host = uri.params.get("maddr") or uri.host
     host = host.strip("[]")
     return (host, uri.port or 5060)

@@ -545,11 +545,14 @@ def _check_request(request: SipRequest) -> None:
         hops = small_uint(max_forwards[0].lstrip("0") or "0", 3)  # "0068" is 68 (RFC 4475 §3.1.1.1)
         if hops is None or hops > 255 or len(max_forwards) > 1:  # §20.22; RFC 4475 §3.1.2.4
             raise SipParseError(f"bad Max-Forwards {max_forwards[0][:20]!r}")
-    for contact in headers.get("contact", ()):
-        # An addr-spec Contact must not hide "?" or "," outside <> (RFC 3261 §20.10, RFC 4475
-        # §3.1.2.13); a <...> one is parsed by whoever uses it (dialog, registrar).
-        if "<" not in contact and contact != "*":
-            NameAddr.parse(contact)
+    if request.method in _TARGET_REFRESH:
+        _check_remote_target(request)
+    else:
+        for contact in headers.get("contact", ()):
+            # An addr-spec Contact must not hide "?" or "," outside <> (RFC 3261 §20.10, RFC 4475
+            # §3.1.2.13); a <...> one is parsed by whoever uses it (the registrar).
+            if "<" not in contact and contact != "*":
+                NameAddr.parse(contact)
     date = headers.get("date")
     if date is not None and not date[0].endswith(" GMT"):  # §20.17 (RFC 4475 §3.1.2.12)
         raise SipParseError(f"bad Date {date[0][:40]!r}")
@@ -570,12 +573,32 @@ def _parse_response(start: str, headers: dict[str, list[str]], body: bytes,
     try:
         response = SipResponse(status, reason, headers, _body(headers, body))
         _check_common(response)
+        if 200 <= status < 300 and response.cseq.method in _TARGET_REFRESH:
+            _check_remote_target(response)  # a 2xx sets the remote target (RFC 3261 §12.1.2)
     except UriError as exc:
         raise SipParseError(str(exc)) from None
     return response
 
 
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"]+")
+# Requests whose Contact becomes (or replaces) a dialog's remote target: RFC 3261 §12.1,
+# §12.2.2; UPDATE, RFC 3311 §5.2.
+_TARGET_REFRESH = frozenset(("INVITE", "UPDATE"))
+
+
+def _check_remote_target(msg: SipMessage) -> None:
+    """RFC 3261 §8.1.1.8: the Contact of a message that sets a dialog's remote target is
+    exactly one SIP or SIPS URI; our BYE and re-INVITEs go there, so it is checked here,
+    once, and the dialog layer never meets one it cannot use. Its absence is for the
+    dialog layer to judge: an RFC 2543 INVITE has none (RFC 4475 §3.1.1.13)."""
+    contacts = msg.headers.get("contact")
+    if not contacts:
+        return
+    if len(contacts) > 1:
+        raise SipParseError("more than one Contact")
+    uri = SipUri.parse(NameAddr.parse(contacts[0]).uri)
+    if uri.scheme not in ("sip", "sips"):
+        raise SipParseError(f"Contact is not a SIP URI: {contacts[0][:60]!r}")
 
 
 def make_error_response(error: SipParseError, addr: tuple[str, int]) -> tuple[SipResponse, tuple[str, int]] | None:

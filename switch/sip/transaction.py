@@ -35,6 +35,7 @@ from .events import (
     SipEvent,
     TransactionTimedOut,
 )
+from .counts import SipCounts, cseq_method
 from .message import MAGIC_COOKIE, SipRequest, SipResponse, make_response
 
 logger = logging.getLogger(__name__)
@@ -150,10 +151,12 @@ class ServerTransaction(Transaction):
         self.reply = self.layer.wire(response)
         self.status = response.status
         self.layer._out.append((self.reply, self.addr))
+        self.layer.counts.response(True, self.method, response.status)
 
     def _resend_reply(self) -> None:
         if self.reply is not None:
             self.layer._out.append((self.reply, self.addr))
+            self.layer.counts.retransmissions_sent += 1
 
     def _linger(self, until: float, resend: bool) -> None:
         """What is left of this transaction is answering (``resend``: with our final) or
@@ -186,6 +189,7 @@ class InviteServerTransaction(ServerTransaction):
                  now: float, reliable: bool = False) -> None:
         super().__init__(layer, key, request, addr, State.PROCEEDING, reliable)
         self.acked = False
+        self.answer_tag: str | None = None  # the To tag of the 2xx we sent, once we did
         self._interval = layer.t1
         self._ack_key = (request.call_id, request.cseq.number)
         self._send_reply(make_response(request, 100))
@@ -208,6 +212,7 @@ class InviteServerTransaction(ServerTransaction):
         self._interval = self.layer.t1
         if status < 300:
             self._set_state(State.ACCEPTED)
+            self.answer_tag = response.to_tag  # the dialog our 2xx made: its ACK carries this tag
             self._start_timer("G", self._interval, now)  # 2xx retransmission
             self._start_timer("L", 64 * self.layer.t1, now)
             self.layer._accepted[self._ack_key] = self
@@ -230,6 +235,10 @@ class InviteServerTransaction(ServerTransaction):
             self._linger(now + self.layer.t4, resend=False)
             return False
         if self.state is State.ACCEPTED and not self.acked:
+            if request.to_tag != self.answer_tag:
+                # Not the ACK of our 2xx (RFC 3261 §17.1.1.3: that one is in its dialog, To
+                # tag and all): taking it would swallow the real ACK and its Timer L.
+                return False
             # Accepted and ACKed: INVITE retransmissions are absorbed until Timer L.
             self.acked = True
             self.layer._accepted.pop(self._ack_key, None)
@@ -295,9 +304,11 @@ class ClientTransaction(Transaction):
         self.sent_request = request  # clients keep theirs: the TU builds ACK/CANCEL from it
         self._wire = layer.wire(request)
         layer._out.append((self._wire, addr))
+        layer.counts.request(True, request.method)
 
     def _retransmit(self) -> None:
         self.layer._out.append((self._wire, self.addr))
+        self.layer.counts.retransmissions_sent += 1
 
     def receive_response(self, response: SipResponse, now: float) -> None:
         raise NotImplementedError
@@ -343,12 +354,15 @@ class InviteClientTransaction(ClientTransaction):
                 self._set_state(State.COMPLETED)
                 self._ack = self.layer.wire(make_ack_for_failure(self.sent_request, response))
                 self.layer._out.append((self._ack, self.addr))
+                self.layer.counts.request(True, "ACK")
                 self._start_timer("D", 32.0, now)
             self.layer._events.append(ResponseReceived(self, response))
         elif state is State.ACCEPTED and 200 <= status < 300:
             self.layer._events.append(ResponseReceived(self, response))  # TU re-ACKs
         elif state is State.COMPLETED and status >= 300 and self._ack is not None:
             self.layer._out.append((self._ack, self.addr))  # §17.1.1.2: ACK again, no event
+            self.layer.counts.retransmissions_received += 1
+            self.layer.counts.retransmissions_sent += 1
 
     def on_timer(self, name: str, now: float) -> None:
         if name == "A":
@@ -378,6 +392,7 @@ class NonInviteClientTransaction(ClientTransaction):
 
     def receive_response(self, response: SipResponse, now: float) -> None:
         if self.state not in (State.TRYING, State.PROCEEDING):
+            self.layer.counts.retransmissions_received += 1
             return  # Completed absorbs retransmitted finals
         if response.status < 200:
             if self.state is State.TRYING:
@@ -455,6 +470,7 @@ class TransactionLayer:
         self._seq = itertools.count()
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[SipEvent] = deque()
+        self.counts = SipCounts()  # messages by method and status, for the metrics
 
     # ---- outputs
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
@@ -500,8 +516,10 @@ class TransactionLayer:
         """A parsed, validated message from ``addr`` (``reliable``: it came over a stream
         connection, whose address the responses go back to, §18.2.2)."""
         if isinstance(msg, SipResponse):
+            self.counts.response(False, msg.cseq.method, msg.status)
             self._receive_response(msg, now)
         else:
+            self.counts.request(False, msg.method)
             self._receive_request(msg, addr, now, reliable)
 
     def send_response(self, txn: ServerTransaction, response: SipResponse, now: float) -> None:
@@ -519,6 +537,10 @@ class TransactionLayer:
     def send_stateless(self, msg: SipRequest | SipResponse, addr: Addr) -> None:
         """Outside any transaction: the ACK for a 2xx, or a stateless error response."""
         self._out.append((self.wire(msg), addr))
+        if isinstance(msg, SipResponse):
+            self.counts.response(True, cseq_method(msg.headers), msg.status)
+        else:
+            self.counts.request(True, msg.method)
 
     def wire(self, msg: SipRequest | SipResponse) -> bytes:
         """The bytes we send for ``msg``, with our Server/User-Agent unless it has one."""
@@ -546,6 +568,7 @@ class TransactionLayer:
         txn = self._server.get(key)
         if method == "ACK":
             if key in self._lingering:
+                self.counts.retransmissions_received += 1
                 return  # an ACK retransmission for a finished INVITE (§17.2.1 Confirmed)
             if isinstance(txn, InviteServerTransaction):
                 if txn.receive_ack(request, now):
@@ -557,12 +580,15 @@ class TransactionLayer:
             self._events.append(AckReceived(request, addr))
             return
         if txn is not None:
+            self.counts.retransmissions_received += 1
             txn.receive_retransmission(now)
             return
         lingering = self._lingering.get(key)
         if lingering is not None:  # a retransmission of a finished request
+            self.counts.retransmissions_received += 1
             if lingering[0] is not None:
                 self._out.append(lingering)  # type: ignore[arg-type]
+                self.counts.retransmissions_sent += 1
             return
         dest = addr if reliable else response_address(request, addr)
         if method == "INVITE":

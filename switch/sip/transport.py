@@ -5,11 +5,17 @@ module only reads the sockets, feeds the ``TransactionLayer``, hands its events 
 the transaction user (the call engine), writes what it wants sent, and keeps a
 single ``loop.call_at`` pointed at its earliest deadline.
 
-UDP and TCP listen on the same port. A message that came over a TCP connection is
+UDP and TCP listen on the same port, in one address family or both (``listen("::")``:
+dual stack, two sockets of each kind, see ``listeners.py``); a datagram goes out of the
+socket of its destination's family. A message that came over a TCP connection is
 answered on that connection (RFC 3261 §18.2.2), and anything the layer sends to the
 address of a live connection goes over it: that is how in-dialog requests (our BYE)
 reach a TCP caller, the connection reuse phones behind NAT depend on. We do not open
 TCP connections ourselves yet: outbound calls are UDP.
+
+Only IP literals are sent to: a host name would make ``sendto()`` resolve it on the
+loop. The call engine resolves names first (``resolver.py``); a name that still gets
+here is a bug, logged and dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Protocol
 
 from .events import SipEvent
 from .framing import StreamFramer
+from .listeners import bind_listeners, listen_address
 from .message import SipMessage, SipParseError, SipRequest, SipResponse, make_error_response, parse_message
+from .resolver import is_ip_literal
 from .transaction import ClientTransaction, ServerTransaction, TransactionLayer
 
 logger = logging.getLogger(__name__)
@@ -78,30 +86,40 @@ class SipTransport(asyncio.DatagramProtocol):
         self.flood_dropped = 0
         self.layer = layer if layer is not None else TransactionLayer()  # (an empty layer is falsy)
         self.user: TransactionUser | None = None
-        self.transport: asyncio.DatagramTransport | None = None
-        self.local_addr: Addr = ("0.0.0.0", 0)
+        self.transport: asyncio.DatagramTransport | None = None  # the socket of the listen address's family
+        self.transport4: asyncio.DatagramTransport | None = None  # dual stack: the IPv4 socket beside it
+        self.local_addr: Addr = ("0.0.0.0", 0)  # host "::": both families
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._dispatching = False
         self._bad_sources: dict[str, tuple[float, int]] = {}
         self.bad_datagrams = 0
         self.streams: dict[Addr, _SipStream] = {}  # live TCP connections by peer address
-        self._tcp_server: asyncio.AbstractServer | None = None
+        self._tcp_servers: list[asyncio.AbstractServer] = []
 
     async def listen(self, host: str, port: int) -> None:
-        transport, _ = await self.loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
-        self.transport = transport
-        sock_host, sock_port = transport.get_extra_info("sockname")[:2]
-        self.local_addr = (sock_host, sock_port)
-        self._tcp_server = await self.loop.create_server(lambda: _SipStream(self), sock_host, sock_port)
+        """UDP and TCP on ``host:port``; ``host`` "::" is dual stack (IPv4 too)."""
+        bound = bind_listeners(await listen_address(self.loop, host), port)
+        try:
+            transports = [(await self.loop.create_datagram_endpoint(lambda: self, sock=sock))[0]
+                          for sock in bound.udp]
+            for sock in bound.tcp:
+                self._tcp_servers.append(await self.loop.create_server(lambda: _SipStream(self), sock=sock))
+        except BaseException:
+            bound.close()
+            raise
+        self.transport = transports[0]
+        self.transport4 = transports[1] if len(transports) > 1 else None
+        self.local_addr = (bound.host, bound.port)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self.transport is not None:
-            self.transport.close()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
+        for transport in (self.transport, self.transport4):
+            if transport is not None:
+                transport.close()
+        for server in self._tcp_servers:
+            server.close()
         for stream in list(self.streams.values()):
             if stream.transport is not None:
                 stream.transport.close()
@@ -172,15 +190,21 @@ class SipTransport(asyncio.DatagramProtocol):
         self._arm_timer()
 
     def _flush(self) -> None:
-        transport = self.transport
+        transport, transport4 = self.transport, self.transport4
         streams = self.streams
         for data, addr in self.layer.datagrams_to_send():
             stream = streams.get(addr)
             if stream is not None and stream.transport is not None:
                 stream.transport.write(data)
-            elif transport is not None:
+                continue
+            if not is_ip_literal(addr[0]):
+                logger.error("not sending to %s:%s: a host name here would be resolved on the event loop",
+                             addr[0], addr[1])
+                continue
+            out = transport4 if transport4 is not None and ":" not in addr[0] else transport
+            if out is not None:
                 try:
-                    transport.sendto(data, addr)
+                    out.sendto(data, addr)
                 except (OSError, ValueError) as exc:
                     logger.warning("cannot send to %s:%s: %s", addr[0], addr[1], exc)
 

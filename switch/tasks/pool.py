@@ -50,7 +50,24 @@ TID_BLOCK = 4096
 READY_TIMEOUT = 20.0  # a worker's start-up (imports) on a loaded box
 RESTART_BACKOFF = (0.5, 10.0)
 PING_INTERVAL = 1.0
+WORKER_DIED = "JS worker died"  # the error of every task a dead worker took with it
 
+
+
+def task_outcome(error: str | None) -> str:
+    """How a task ended, for the metrics: ``ok`` (returned, or ended with its call),
+    ``error`` (it threw), or a kill: ``cpu_budget``, ``memory_limit`` (QuickJS's heap
+    limit), ``worker_died``. Read from the error text the runtime reports (runtime.py
+    ``_run``/``_describe``; pool.py ``on_worker_exit``), the one thing that crosses the wire."""
+    if error is None:
+        return "ok"
+    if error == WORKER_DIED:
+        return "worker_died"
+    if "task exceeded its CPU budget" in error:
+        return "cpu_budget"
+    if "out of memory" in error:
+        return "memory_limit"
+    return "error"
 
 
 class WorkerStartError(RuntimeError):
@@ -241,6 +258,10 @@ class WorkerPool:
         self._pinger: asyncio.TimerHandle | None = None
         self.stopping = False
         self.deaths = 0
+        # For the metrics, by app name ("-": a task without one): tasks started (roots and
+        # spawned), and ended by app and task_outcome().
+        self.started: dict[str, int] = {}
+        self.ended: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -327,6 +348,7 @@ class WorkerPool:
         record = TaskRecord(self, tid, worker, app, entry, None, leg)
         self._tasks[tid] = record
         worker.tasks.add(tid)
+        self._count_start(app)
         fields = None
         if leg is not None:
             fields = dict(leg.request_fields() or {})
@@ -363,6 +385,11 @@ class WorkerPool:
         app = parent_record.app if parent_record is not None else None
         self._tasks[tid] = TaskRecord(self, tid, worker, app, entry, parent, None)
         worker.tasks.add(tid)
+        self._count_start(app)
+
+    def _count_start(self, app: JsApp | None) -> None:
+        name = app.name if app is not None else "-"
+        self.started[name] = self.started.get(name, 0) + 1
 
     def on_task_ended(self, worker: JsWorker, tid: int, error: str | None) -> None:
         record = self._tasks.pop(tid, None)
@@ -371,6 +398,8 @@ class WorkerPool:
             self._task_ended(record, error)
 
     def _task_ended(self, record: TaskRecord, error: str | None) -> None:
+        key = (record.app.name if record.app is not None else "-", task_outcome(error))
+        self.ended[key] = self.ended.get(key, 0) + 1
         if record.leg is not None:
             try:
                 record.leg.task_ended(error)
@@ -457,7 +486,7 @@ class WorkerPool:
             log.error("js worker %d (pid %s) died (%s): %d task(s) ended with it, their calls are hung up%s",
                       worker.index, worker.pid, how, len(lost), "" if self.stopping else "; restarting")
         for record in lost:
-            self._task_ended(record, "JS worker died")
+            self._task_ended(record, WORKER_DIED)
         if was_alive and not self.stopping:  # a failed restart retries in _restart itself
             self.deaths += 1
             task = self.loop.create_task(self._restart(worker))

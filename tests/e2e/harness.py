@@ -37,15 +37,26 @@ SCENARIOS = REPO / "sipp_scenarios"
 TEST_APPS = Path(__file__).resolve().parent / "apps"
 JS_APPS = REPO / "js_apps"
 LOCALHOST = "127.0.0.1"
+LOCALHOST6 = "::1"
 SIPP = shutil.which("sipp") or "sipp"
 
 
 # --------------------------------------------------------------------------- ports
 
 
+def family(host: str) -> socket.AddressFamily:
+    """The socket family of an address (an IPv6 one has a colon)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def hostport(host: str, port: int) -> str:
+    """host:port as SIP and SIPp write it: an IPv6 address in brackets (RFC 5118 §4.4)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def free_udp_port(host: str = LOCALHOST) -> int:
     """A UDP port that was free a moment ago (the kernel's pick, so from the ephemeral range)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(family(host), socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -95,20 +106,19 @@ def sip_request(
     omit: Iterable[str] = (),
 ) -> bytes:
     """A well-formed request (UDP), with headers in `omit` (e.g. "Via") left out."""
-    host, port = target
-    lhost, lport = local
+    there, here = hostport(*target), hostport(*local[:2])
     branch = branch or "z9hG4bK-" + uuid.uuid4().hex[:16]
-    call_id = call_id or uuid.uuid4().hex + "@" + lhost
+    call_id = call_id or uuid.uuid4().hex + "@" + local[0]
     headers = {
-        "Via": f"SIP/2.0/UDP {lhost}:{lport};branch={branch};rport",
+        "Via": f"SIP/2.0/UDP {here};branch={branch};rport",
         "Max-Forwards": "70",
-        "From": f"<sip:e2e@{lhost}:{lport}>;tag={uuid.uuid4().hex[:8]}",
-        "To": f"<sip:{user}@{host}:{port}>",
+        "From": f"<sip:e2e@{here}>;tag={uuid.uuid4().hex[:8]}",
+        "To": f"<sip:{user}@{there}>",
         "Call-ID": call_id,
         "CSeq": f"{cseq} {method}",
-        "Contact": f"<sip:e2e@{lhost}:{lport}>",
+        "Contact": f"<sip:e2e@{here}>",
     }
-    lines = [f"{method} sip:{user}@{host}:{port} SIP/2.0"]
+    lines = [f"{method} sip:{user}@{there} SIP/2.0"]
     omitted = {o.lower() for o in omit}
     lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in omitted]
     lines += list(extra_headers)
@@ -125,11 +135,12 @@ def sdp_offer(rtp_port: int, pts: str = "0 101", host: str = LOCALHOST) -> str:
         "18": "a=rtpmap:18 G729/8000",
         "101": "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15",
     }
+    addrtype = "IP6" if ":" in host else "IP4"
     lines = [
         "v=0",
-        f"o=e2e 1 1 IN IP4 {host}",
+        f"o=e2e 1 1 IN {addrtype} {host}",
         "s=-",
-        f"c=IN IP4 {host}",
+        f"c=IN {addrtype} {host}",
         "t=0 0",
         f"m=audio {rtp_port} RTP/AVP {pts}",
     ]
@@ -166,9 +177,9 @@ class SipSocket:
     """A bare UDP socket that sends requests and collects whatever comes back."""
 
     def __init__(self, host: str = LOCALHOST) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = socket.socket(family(host), socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
-        self.addr: tuple[str, int] = self.sock.getsockname()
+        self.addr: tuple[str, int] = self.sock.getsockname()[:2]
 
     def send(self, data: bytes, target: tuple[str, int]) -> None:
         self.sock.sendto(data, target)
@@ -200,7 +211,7 @@ class SipSocket:
 
 def options_ping(target: tuple[str, int], timeout: float = 0.5) -> int | None:
     """Send one OPTIONS; the status code of the final response, or None."""
-    with SipSocket() as s:
+    with SipSocket(LOCALHOST6 if ":" in target[0] else LOCALHOST) as s:
         s.send(sip_request("OPTIONS", target, s.addr), target)
         for data in s.recv_all(timeout):
             code = status_of(data)
@@ -240,6 +251,7 @@ class SwitchProcess:
             __import__("tempfile").mkdtemp(prefix="switch-e2e-")
         )
         self.host = host
+        self._picked_port = port is None  # ours to pick again if another process takes it
         self.port = port or free_udp_port(host)
         self.rtp_range = rtp_range or free_rtp_range()
         self.log_level = log_level
@@ -252,12 +264,13 @@ class SwitchProcess:
 
     @property
     def sip_addr(self) -> tuple[str, int]:
-        return (self.host, self.port)
+        """Where to reach it: a wildcard listen address ("::" is dual stack) on the loopback."""
+        return ({"::": LOCALHOST6, "0.0.0.0": LOCALHOST}.get(self.host, self.host), self.port)
 
     @property
     def sip_target(self) -> str:
-        """host:port, as SIPp wants its remote host."""
-        return f"{self.host}:{self.port}"
+        """host:port, as SIPp wants its remote host ([::1]:port for IPv6)."""
+        return hostport(*self.sip_addr)
 
     def command(self) -> list[str]:
         """`python -m switch.cli run ...`; E2E_SWITCH_CMD (e.g. "softswitch run") replaces
@@ -266,7 +279,7 @@ class SwitchProcess:
         prefix = os.environ.get("E2E_SWITCH_CMD")
         return [
             *(prefix.split() if prefix else [sys.executable, "-m", "switch.cli", "run"]),
-            "--listen", f"{self.host}:{self.port}",
+            "--listen", hostport(self.host, self.port),
             "--rtp-ports", f"{lo}-{hi}",
             *(["--app", str(self.app_dir)] if self.app_dir is not None else []),
             "--data-dir", str(self.data_dir),
@@ -277,6 +290,23 @@ class SwitchProcess:
         ]  # fmt: skip
 
     def start(self) -> SwitchProcess:
+        """Start it; when a port picked a moment ago was taken meanwhile by another process
+        on this host (other suites run here too), pick fresh ports and start again."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except AssertionError as e:
+                if attempt == 2 or not self._picked_port or "address already in use" not in str(e).lower():
+                    raise
+            self.port = free_udp_port(self.host)
+            self.rtp_range = free_rtp_range()
+            if "--control" in self.extra_args:
+                i = self.extra_args.index("--control") + 1
+                if self.extra_args[i] != "off":
+                    self.extra_args[i] = f"{self.extra_args[i].rsplit(':', 1)[0]}:{free_tcp_port()}"
+        raise AssertionError("unreachable")
+
+    def _start(self) -> SwitchProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         root = self.package_dir or REPO
@@ -548,10 +578,12 @@ class SippRun:
         workdir: Path | str | None = None,
         extra_args: Sequence[str] = (),
         sip_port: int | None = None,
+        local_ip: str = LOCALHOST,
+        media_ip: str | None = None,
     ) -> None:
         self.scenario = scenario
         # A UAS must listen where the switch's --gateway points: the test picks the port.
-        self.sip_port = sip_port or free_udp_port()
+        self.sip_port = sip_port or free_udp_port(local_ip)
         self.workdir = Path(workdir) if workdir else Path(
             __import__("tempfile").mkdtemp(prefix="sipp-e2e-")
         )
@@ -572,7 +604,8 @@ class SippRun:
         else:
             scen_args = ["-sf", str(scenario_path(scenario))]
         cmd = [SIPP, target, *scen_args,
-               "-i", LOCALHOST, "-mi", LOCALHOST,
+               # local_ip ::1: SIP over IPv6; media_ip: the SDP's c= (IN IP6 for ::1), default local_ip
+               "-i", local_ip, "-mi", media_ip or local_ip,
                "-p", str(self.sip_port), "-mp", str(sipp_media_port()),
                "-s", service, "-m", str(calls), "-nostdin",
                "-timeout", f"{timeout}s", "-timeout_error",
@@ -675,7 +708,8 @@ def run_sipp(scenario: str, target: str, **kw: Any) -> SippResult:
 
     keys: -key NAME VALUE pairs (e.g. {"rtpport": sink.port}); calls: -m; rate: -r calls/s;
     timeout: SIPp's global -timeout (it then fails, -timeout_error); service: -s (the
-    Request-URI user); pause_ms: -d (the default <pause/>); workdir; extra_args.
+    Request-URI user); pause_ms: -d (the default <pause/>); workdir; extra_args;
+    local_ip: -i (::1 for SIP over IPv6; the target then "[::1]:port"); media_ip: -mi.
     """
     return SippRun(scenario, target, **kw).wait()
 
@@ -809,12 +843,12 @@ class RtpSink:
     same socket (symmetric RTP: the switch should latch onto this source)."""
 
     def __init__(self, host: str = LOCALHOST, port: int = 0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = socket.socket(family(host), socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.bind((host, port))
-        self.host, self.port = self.sock.getsockname()
+        self.host, self.port = self.sock.getsockname()[:2]
         self.packets: list[RtpPacket] = []
         self.junk: list[bytes] = []  # datagrams that were not RTP (e.g. RTCP)
         self._lock = threading.Lock()
@@ -860,7 +894,7 @@ class RtpSink:
                 self.junk.append(data)
                 continue
             with self._lock:
-                self.packets.append(RtpPacket(now, mono, src, pt, seq, ts, ssrc, marker, payload, ktime))
+                self.packets.append(RtpPacket(now, mono, src[:2], pt, seq, ts, ssrc, marker, payload, ktime))
 
     # ---- sending
     def send(self, dest: tuple[str, int], payload: bytes, pt: int = 0, marker: bool = False,
@@ -1154,20 +1188,20 @@ class RawCall:
 # (tests/e2e/test_bridge.py, test_phone.py): the switch with --gateway, a SIPp callee on a
 # port of its own, the RTP addresses the SIPp sides logged, a clean stop.
 
-OFFER = r"offer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged by uas_*.xml
-ANSWER = r"answer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP4 ([0-9.]+)"  # logged by uac_*.xml
+OFFER = r"offer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP[46] ([0-9a-fA-F.:]+)"  # logged by uas_*.xml
+ANSWER = r"answer m=audio (\d+) RTP/AVP([ 0-9]*) c=IN IP[46] ([0-9a-fA-F.:]+)"  # logged by uac_*.xml
 STOP_LINE = re.compile(r"stopping: (\d+) live calls, (\d+) tasks")
 
 
 def start_bridge_switch(switch: Callable[..., SwitchProcess], app: Path, gateway_port: int,
-                        *extra: str, **kw: object) -> SwitchProcess:  # fmt: skip
-    """The switch (via the `switch` fixture) with --gateway at a callee on 127.0.0.1 and
-    --sip-t1 0.05 (Timer B 3.2 s); `kw` goes to SwitchProcess (e.g. rtp_range: a bridged
-    call takes two legs, 4 ports)."""
+                        *extra: str, gateway_host: str = LOCALHOST, **kw: object) -> SwitchProcess:  # fmt: skip
+    """The switch (via the `switch` fixture) with --gateway at a callee on 127.0.0.1 (or
+    `gateway_host`) and --sip-t1 0.05 (Timer B 3.2 s); `kw` goes to SwitchProcess (e.g.
+    rtp_range: a bridged call takes two legs, 4 ports; host: where it listens)."""
     for attempt in range(3):
         control = ["--control", f"{LOCALHOST}:{free_tcp_port()}"] if "--control" not in extra else []
         try:
-            return switch(app, ["--gateway", f"sip:{LOCALHOST}:{gateway_port}", "--sip-t1", "0.05",
+            return switch(app, ["--gateway", f"sip:{hostport(gateway_host, gateway_port)}", "--sip-t1", "0.05",
                                 *control, *extra], **kw)  # fmt: skip
         except AssertionError as e:
             # A port picked a moment ago was taken meanwhile (other suites run on this
@@ -1203,10 +1237,11 @@ def control_status(sw: SwitchProcess, timeout: float = 1.0) -> dict[str, object]
 
 
 def start_uas(sipp_bg: Callable[..., SippRun], scenario: str, *, calls: int = 1,
-              rtpport: int = 9, pause_ms: int | None = None, timeout: float = 20) -> SippRun:  # fmt: skip
+              rtpport: int = 9, pause_ms: int | None = None, timeout: float = 20,
+              local_ip: str = LOCALHOST) -> SippRun:  # fmt: skip
     """A SIPp callee listening on a port of its own (the switch's --gateway points there)."""
-    uas = sipp_bg(scenario, f"{LOCALHOST}:9", sip_port=free_udp_port(), calls=calls,
-                  keys={"rtpport": rtpport}, pause_ms=pause_ms, timeout=timeout)  # fmt: skip
+    uas = sipp_bg(scenario, hostport(local_ip, 9), sip_port=free_udp_port(local_ip), calls=calls,
+                  keys={"rtpport": rtpport}, pause_ms=pause_ms, timeout=timeout, local_ip=local_ip)  # fmt: skip
     time.sleep(0.15)  # let it bind before the switch sends an INVITE there
     assert uas.running(), uas.wait(1).describe()
     return uas

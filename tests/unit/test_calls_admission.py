@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from switch.calls.admission import Admission
+from switch.calls.admission import Admission, Shed
 
 
 def admission(lag=0.0, sustained=0.0, ports=100, **kw):
@@ -15,18 +15,19 @@ def test_admits_when_healthy():
 
 
 def test_refusals_and_their_reasons():
-    assert "call limit 10" in admission().refuse_reason(10)
-    assert "RTP port range exhausted" in admission(ports=1).refuse_reason(0)
-    assert "loop lag 150 ms" in admission(lag=0.15).refuse_reason(0)
-    assert "for 2 s" in admission(sustained=0.02).refuse_reason(0)  # saturation, not a GC blip
+    assert admission().refuse_reason(10) == Shed("call-limit", "call limit 10 reached")
+    assert admission(ports=1).refuse_reason(0) == Shed("no-rtp-ports", "RTP port range exhausted (widen --rtp-ports)")
+    assert admission(lag=0.15).refuse_reason(0) == Shed("loop-lag", "overloaded (loop lag 150 ms)")
+    sustained = admission(sustained=0.02).refuse_reason(0)  # saturation, not a GC blip
+    assert sustained is not None and sustained.key == "loop-lag-sustained" and "for 2 s" in str(sustained)
     assert admission(lag=0.05, sustained=0.005).refuse_reason(0) is None
     draining = admission()
     draining.draining = True
-    assert draining.refuse_reason(0) == "shutting down"
+    assert draining.refuse_reason(0) == Shed("draining", "shutting down")
 
 
 def test_refusals_are_counted():
     a = admission()
-    a.note_refusal("x")
-    a.note_refusal("x")
+    a.note_refusal(Shed("x", "x"))
+    a.note_refusal(Shed("x", "x"))
     assert a.refused == 2

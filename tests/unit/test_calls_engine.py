@@ -5,6 +5,7 @@ and each task hears what it should. Media is a fake that only counts opens and c
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -98,6 +99,7 @@ class Rig:
         self.loop = loop
         self.sip = FakeTransport(loop)
         self.media: list[FakeMedia] = []
+        self.families: list[int] = []  # the address family of each RTP socket asked for
         self.free_ports = rtp_ports
         self.events: dict[int, list[events.Event]] = {}
         self.controls: dict[int, LegControl] = {}
@@ -107,7 +109,8 @@ class Rig:
                                  launch=self._launch, gateways=OutboundRoutes(f"sip:{CALLEE[0]}:{CALLEE[1]}"))
         self.board = Switchboard(self.engine, self.post)
 
-    async def _open_media(self, call_id: str) -> FakeMedia:
+    async def _open_media(self, call_id: str, family: int = socket.AF_INET) -> FakeMedia:
+        self.families.append(family)
         await asyncio.sleep(0)
         if self.free_ports == 0:
             raise NoRtpPorts("RTP port range exhausted (widen --rtp-ports)")

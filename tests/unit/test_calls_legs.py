@@ -411,3 +411,26 @@ def test_comfort_noise_is_offered_and_answered_only_when_the_media_sends_it() ->
     cn.answer(now=11.0)
     (ok,) = responses(cn)
     assert b"a=rtpmap:13 CN/8000" in ok.body
+
+
+def test_an_invite_without_contact_is_answered_and_reached_at_its_from() -> None:
+    """RFC 2543 UAs (RFC 4475 §3.4.1) send no Contact: the dialog's remote target is the
+    From URI (found by the e2e fuzz run: answering one was a 500 with a traceback)."""
+    text = bytes(invite()).replace(b"Contact: <sip:alice@127.0.0.1:5070>\r\n", b"")
+    request = parse_message(text)
+    assert isinstance(request, SipRequest) and request.get("contact") is None
+    leg = InboundLeg(txn(), request, parse_offer(PHONE_SDP), LOCAL, now=10.0)
+    leg.media_opened(30000)
+    leg.answer(now=11.0)
+    (ok,) = responses(leg)
+    assert ok.status == 200 and leg.dialog is not None and leg.dialog.remote_target == "sip:alice@127.0.0.1"
+
+
+def test_a_2xx_without_contact_is_acked_at_the_uri_we_called() -> None:
+    leg = outbound()
+    leg.take_outbox()
+    assert leg.invite is not None
+    bare = parse_response(make_response(leg.invite, 200, to_tag="gw"))
+    leg.on_response("INVITE", bare, now=6.0)
+    (ack,) = leg.take_outbox()
+    assert isinstance(ack, SendStateless) and ack.message.uri == "sip:1000@127.0.0.1:5090"

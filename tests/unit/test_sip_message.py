@@ -142,3 +142,42 @@ def test_sip_info_dtmf_bodies(ctype, body, digit):
                         .replace(b"Content-Length: 10\r\n\r\nv=0\r\ns=-\r\nEXTRA",
                                  f"Content-Length: {len(body)}\r\n\r\n{body}".encode()))
     assert info_digit(req) == digit
+
+
+OK_200 = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\n"
+          b"Call-ID: c\r\nCSeq: 1 INVITE\r\nContact: <sip:b@192.0.2.9:5062>\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("contact, reason", [
+    (b"<sip:fuzz@127 .0.0.1:5061>", "no URI in address"),  # what the fuzzer's flipped byte left
+    (b"<sip:fuzz@127.0.0.1 :5061>", "no URI in address"),
+    (b"<sip:a@[::1>", "bad IPv6 reference"),
+    (b"<tel:+15551234567>", "not a SIP URI"),
+    (b"*", "no URI in address"),
+    (b"<sip:a@h>, <sip:b@h>", "more than one Contact"),
+])
+def test_a_contact_that_cannot_be_a_remote_target_is_refused(contact, reason):
+    # RFC 3261 §8.1.1.8: one SIP or SIPS URI. It was accepted, and the dialog built when the
+    # app answered raised instead (issue 10 fuzz: "AcceptCall: internal error (UriError)",
+    # a 500 to the caller); the 2xx of a gateway likewise raised in the outbound leg.
+    invite = INVITE.replace(b"sip:sipp@127.0.0.1:5061\r\nMax", contact + b"\r\nMax")
+    update = invite.replace(b"INVITE sip:", b"UPDATE sip:").replace(b"1 INVITE", b"1 UPDATE")
+    ok = OK_200.replace(b"<sip:b@192.0.2.9:5062>", contact)
+    for data in (invite, update, ok):
+        assert contact in data
+        with pytest.raises(SipParseError, match=reason):
+            parse_message(data)
+
+
+def test_a_remote_target_contact_that_parses_is_kept_and_rfc2543_needs_none():
+    msg = parse_message(OK_200)
+    assert isinstance(msg, SipResponse) and msg.get("contact") == "<sip:b@192.0.2.9:5062>"
+    for contact in (b"sips:sipp@127.0.0.1:5061", b'"A, B" <sip:a@[2001:db8::1]:5062;transport=tcp>;expires=60'):
+        assert parse_message(INVITE.replace(b"sip:sipp@127.0.0.1:5061\r\nMax", contact + b"\r\nMax"))
+    # An INVITE without Contact is an RFC 2543 one (RFC 4475 §3.1.1.13): still parsed, as is
+    # a 2xx without (what a dialog makes of them is the dialog layer's to decide).
+    assert isinstance(parse_message(INVITE.replace(b"Contact: sip:sipp@127.0.0.1:5061\r\n", b"")), SipRequest)
+    assert isinstance(parse_message(OK_200.replace(b"Contact: <sip:b@192.0.2.9:5062>\r\n", b"")), SipResponse)
+    # Elsewhere Contact keeps its own rules: a REGISTER may say "*" (RFC 3261 §10.2.2).
+    register = INVITE.replace(b"INVITE sip:", b"REGISTER sip:").replace(b"1 INVITE", b"1 REGISTER")
+    assert parse_message(register.replace(b"sip:sipp@127.0.0.1:5061\r\nMax", b"*\r\nMax")).get("contact") == "*"

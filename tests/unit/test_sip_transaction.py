@@ -252,3 +252,36 @@ def test_everything_the_layer_sends_names_the_product():
     quiet = TransactionLayer()
     quiet.receive(invite(branch="z9hG4bK-b"), PEER, 0.0)
     assert [m.get("server") for m in sent(quiet)] == [None]
+
+
+def test_an_ack_without_our_2xx_tag_is_not_taken_for_its_ack():
+    """Found by the e2e fuzz run: an ACK on the INVITE's branch with no (or another) To tag
+    used to count as the 2xx's ACK; the real one was then absorbed and never reached the
+    call, and the no-ACK timeout was suppressed with it."""
+    layer = TransactionLayer()
+    layer.receive(invite(), PEER, 0.0)
+    (ev,) = events(layer)
+    layer.send_response(ev.transaction, make_response(ev.request, 200, to_tag="sw1"), 0.0)
+    stray = invite(method="ACK")  # the INVITE's branch, no To tag
+    stray.set("cseq", "1 ACK")
+    layer.receive(stray, PEER, 0.1)
+    assert [e.request.to_tag for e in events(layer)] == []
+    real = invite(method="ACK", to_tag="sw1")
+    real.set("cseq", "1 ACK")
+    layer.receive(real, PEER, 0.2)
+    (ack,) = events(layer)
+    assert isinstance(ack, AckReceived) and ack.request.to_tag == "sw1"
+    assert ev.transaction.acked
+
+
+def test_a_2xx_never_properly_acked_still_times_out():
+    layer = TransactionLayer()
+    layer.receive(invite(), PEER, 0.0)
+    (ev,) = events(layer)
+    layer.send_response(ev.transaction, make_response(ev.request, 200, to_tag="sw1"), 0.0)
+    stray = invite(method="ACK", to_tag="other")
+    stray.set("cseq", "1 ACK")
+    layer.receive(stray, PEER, 0.1)
+    events(layer)
+    layer.handle_timer(32.0)
+    assert any(isinstance(e, AckTimedOut) for e in events(layer))
