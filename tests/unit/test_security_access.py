@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,25 +52,6 @@ def policy(**kw: object) -> AccessPolicy:
 def call(p: AccessPolicy, source: tuple[str, int], user: str, password: str, now: float = NOW) -> Caller | Refusal:
     """A phone's INVITE: challenged, then answered."""
     return p.check_invite(invite(answer(p.check_invite(invite(), source, now), user, password)), source, now)
-
-
-@pytest.fixture
-def security_lines() -> Iterator[list[str]]:
-    """The SECURITY lines logged during the test."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.name == "switch.security":  # not its children (switch.security.access)
-                lines.append(record.getMessage())
-
-    log = logging.getLogger("switch.security")
-    handler, level = Collect(), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    yield lines
-    log.removeHandler(handler)
-    log.setLevel(level)
 
 
 # ---------------------------------------------------------------------------- who may call

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,25 +11,6 @@ from switch.security.ratelimit import AuthFailures, FloodGuard, source_key
 
 FLOODER = "203.0.113.9"
 OTHER = "198.51.100.20"
-
-
-@pytest.fixture
-def security_lines() -> Iterator[list[str]]:
-    """The SECURITY lines logged during the test."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.name == "switch.security":  # not its children (switch.security.access)
-                lines.append(record.getMessage())
-
-    log = logging.getLogger("switch.security")
-    handler, level = Collect(), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    yield lines
-    log.removeHandler(handler)
-    log.setLevel(level)
 
 
 def send(guard: FloodGuard, ip: str, count: int, start: float, spacing: float = 0.001) -> list[bool]:
