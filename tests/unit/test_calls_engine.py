@@ -239,9 +239,10 @@ def test_shutdown_stops_every_call_and_its_future_is_done_when_the_byes_are_answ
     rig.assert_nothing_left()
 
 
-def bridge(rig: Rig) -> Any:
-    """The caller's task offers a bridge to task 9, which takes it; returns its Task."""
-    rig.sip.deliver(invite(), PHONE)
+def bridge(rig: Rig, message: bytes | None = None, source: tuple[str, int] = PHONE) -> Any:
+    """A call (``message`` from ``source``; default our INVITE from the phone) whose task
+    offers a bridge to task 9, which takes it: that Task and the offer."""
+    rig.sip.deliver(message if message is not None else invite(), source)
     rig.sip.take()
     egress = rig.task(9)
     rig.board.start_bridge(rig.task(1), rig.controls[1], 9)

@@ -20,7 +20,7 @@ from switch.sip.resolver import Resolver
 from switch.tasks import events
 from switch.tasks.boundary import CallError
 from test_calls_addressing import DUAL_ROUTES, Probe
-from test_calls_engine import CALLEE, PHONE, SDP, Rig, callee_reply, from_caller, invite, statuses
+from test_calls_engine import CALLEE, PHONE, SDP, Rig, bridge, callee_reply, from_caller, invite, statuses
 from test_sip_resolver import FakeDns
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -60,15 +60,6 @@ def answer(rig: Rig, message: bytes, source: tuple[str, int]) -> SipResponse:
     trying, ok = rig.sip.take()
     assert isinstance(ok, SipResponse) and (trying.status, ok.status) == (100, 200), statuses([trying, ok])
     return ok
-
-
-def bridge_from(rig: Rig, message: bytes, source: tuple[str, int]) -> Any:
-    rig.sip.deliver(message, source)
-    rig.sip.take()
-    egress = rig.task(9)
-    rig.board.start_bridge(rig.task(1), rig.controls[1], 9)
-    (offer,) = rig.events[9]
-    return egress, offer
 
 
 # ---------------------------------------------------------------------- IPv6 media
@@ -118,7 +109,7 @@ def test_an_ipv6_offer_on_a_host_without_ipv6_gets_488(loop: asyncio.AbstractEve
 
 def test_an_ipv6_caller_bridged_to_an_ipv4_callee(loop: asyncio.AbstractEventLoop) -> None:
     rig = dual_stack(Rig(loop))
-    egress, offer = bridge_from(rig, invite6(), PHONE6)
+    egress, offer = bridge(rig, invite6(), PHONE6)
     rig.run(rig.board.start_bridged_call(egress, "1000", offer))
     ((out_invite, to),) = sent(rig)
     assert isinstance(out_invite, SipRequest) and to == CALLEE
@@ -142,7 +133,7 @@ def test_an_ipv6_caller_bridged_to_an_ipv4_callee(loop: asyncio.AbstractEventLoo
 def test_an_ipv4_caller_bridged_to_an_ipv6_gateway_is_offered_ipv6_media(loop: asyncio.AbstractEventLoop) -> None:
     rig = dual_stack(Rig(loop))
     rig.engine.router.gateways = OutboundRoutes("sip:[2001:db8::9]:5090")
-    egress, offer = bridge_from(rig, invite(), PHONE)
+    egress, offer = bridge(rig, invite(), PHONE)
     rig.run(rig.board.start_bridged_call(egress, "1000", offer))
     ((out_invite, to),) = sent(rig)
     assert isinstance(out_invite, SipRequest) and to == ("2001:db8::9", 5090)
@@ -158,7 +149,7 @@ def test_a_gateway_name_is_resolved_before_the_invite(loop: asyncio.AbstractEven
     rig = Rig(loop)
     dns = with_dns(rig, FakeDns({"gw.example.net": [(V6, "2001:db8::1"), (V4, "127.0.0.1")]}))
     rig.engine.router.gateways = OutboundRoutes("sip:gw.example.net:5090")
-    egress, offer = bridge_from(rig, invite(), PHONE)
+    egress, offer = bridge(rig, invite(), PHONE)
     rig.run(rig.board.start_bridged_call(egress, "1000", offer))
     ((out_invite, to),) = sent(rig)
     assert to == CALLEE  # the IPv4 address: this switch serves IPv4 only
@@ -183,7 +174,7 @@ def test_a_destination_we_cannot_reach_fails_the_verb_and_the_caller_hears_why(
     rig = Rig(loop)
     with_dns(rig, FakeDns(dns))
     rig.engine.router.gateways = OutboundRoutes(gateway)
-    egress, offer = bridge_from(rig, invite(), PHONE)
+    egress, offer = bridge(rig, invite(), PHONE)
     with pytest.raises(CallError, match=f"StartBridgedCall: {why}") as failed:
         rig.run(rig.board.start_bridged_call(egress, "1000", offer))
     assert failed.value.status == status and rig.sip.take() == [] and rig.media == []  # no INVITE, no socket
@@ -198,7 +189,7 @@ def test_the_caller_hanging_up_during_the_lookup_places_no_call(loop: asyncio.Ab
     dns = with_dns(rig, FakeDns({"gw.example.net": [(V4, "127.0.0.1")]}))
     dns.gate = loop.create_future()
     rig.engine.router.gateways = OutboundRoutes("sip:gw.example.net:5090")
-    egress, offer = bridge_from(rig, invite(), PHONE)
+    egress, offer = bridge(rig, invite(), PHONE)
     dialling = loop.create_task(rig.board.start_bridged_call(egress, "1000", offer))
     rig.run(asyncio.sleep(0.01))
     rig.controls[1].disconnect()
