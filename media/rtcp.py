@@ -34,6 +34,7 @@ it runs for every received RTP packet of every call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import secrets
@@ -525,6 +526,13 @@ class PeerReport:
     rtt_ms: float | None  # §6.4.1 round trip from LSR/DLSR; None before the peer saw an SR
 
 
+def _sdes_length(cname_length: int) -> int:
+    """Bytes of an SDES packet with one chunk carrying one CNAME item (§6.5): header,
+    SSRC, type and length octets, the text, then at least one null octet up to a
+    32-bit boundary."""
+    return 4 + 4 + (2 + cname_length) // 4 * 4 + 4
+
+
 def new_cname() -> str:
     """RFC 7022 §4.2: a random 96-bit CNAME, base64 (RFC 4648 §5 alphabet), 16 chars."""
     return secrets.token_urlsafe(12)
@@ -550,7 +558,6 @@ class RtcpSession:
         self.rtcp_bandwidth = session_bandwidth * RTCP_BANDWIDTH_FRACTION
         self.wallclock_offset = wallclock_offset
         self._rng = rng
-        self._sdes = bytes(SourceDescription((SdesChunk(ssrc, ((SDES_CNAME, self.cname.encode()),)),)))
         self.source: ReceptionStats | None = None  # the peer's current RTP source
         self.lost_before = 0  # cumulative loss of the peer's earlier sources (SSRC changes)
         self.peer: PeerReport | None = None
@@ -562,9 +569,15 @@ class RtcpSession:
         # last two reports tell.
         self._sent_at_reports = (0, 0)
         # §6.3.2: start from the size of the first packet we will send.
-        self.avg_rtcp_size = float(UDP_IP_OVERHEAD + 28 + ReportBlock.SIZE + len(self._sdes))
+        self.avg_rtcp_size = float(UDP_IP_OVERHEAD + 28 + ReportBlock.SIZE + _sdes_length(len(self.cname.encode())))
         self.initial = True
         self.deadline = now + self._interval(we_sent=False)
+
+    @functools.cached_property
+    def _sdes(self) -> bytes:
+        """Our SDES CNAME packet, built when the first report goes (most legs of a short
+        call never send one: the first interval is seconds, §6.3)."""
+        return bytes(SourceDescription((SdesChunk(self.ssrc, ((SDES_CNAME, self.cname.encode()),)),)))
 
     # ---- receiving
 

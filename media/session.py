@@ -837,7 +837,8 @@ class MediaSession:
             self._transport.close()
             self._transport = None
         self._ports.release(self.local_port)
-        logger.debug("%s RTP closed: %s", self.log_prefix, self.stats())
+        if logger.isEnabledFor(logging.DEBUG):  # stats() is not free, and this runs per leg
+            logger.debug("%s RTP closed: %s", self.log_prefix, self.stats())
 
     def _rtcp_bye(self) -> None:
         """RFC 3550 §6.6: a last report and BYE, so the peer's statistics end cleanly."""

@@ -148,7 +148,7 @@ class JsWorker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ready = loop.create_future()
         self.lost_reason = ""
-        link = MessageLink(f"js worker {self.index}", self._on_message, self._on_link_lost)
+        link = MessageLink(f"js worker {self.index}", self._on_message, self._on_link_lost, coalesce=True)
         self.link = link
         try:
             self.proc = await asyncio.create_subprocess_exec(

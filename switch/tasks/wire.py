@@ -102,18 +102,31 @@ class MessageLink(asyncio.Protocol):
 
     ``on_message(message)`` is called for every message in order; ``on_lost(reason)``
     once when the stream ends (EOF, error, or a message that breaks the schema: the
-    other side is then not a peer we can trust, so the link closes)."""
+    other side is then not a peer we can trust, so the link closes).
 
-    def __init__(self, name: str, on_message: Callable[[Message], None], on_lost: Callable[[str], None]) -> None:
+    ``coalesce``: messages sent during one loop iteration leave in one write, at the end
+    of it (``call_soon``). Each write is a syscall and a wake-up of the other process:
+    at 300 calls/s one ``write`` per message was ~8 % of the switch process's CPU
+    (py-spy, bench/profile_setup.py). The switch side coalesces: its loop never runs
+    long between iterations. A worker does not: a task computing for seconds in the
+    same iteration would hold back another task's verb that was already sent."""
+
+    def __init__(self, name: str, on_message: Callable[[Message], None], on_lost: Callable[[str], None],
+                 coalesce: bool = False) -> None:
         self.name = name
         self.on_message = on_message
         self.on_lost = on_lost
         self.transport: asyncio.WriteTransport | None = None
         self._buffer = b""
         self._lost = False
+        self._coalesce = coalesce
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+        if self._coalesce:
+            self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -133,11 +146,25 @@ class MessageLink(asyncio.Protocol):
         self._buffer = buffer[start:]
 
     def send(self, message: Message) -> None:
-        if self.transport is not None and not self._lost:
+        if self.transport is None or self._lost:
+            return
+        if not self._coalesce or self._loop is None:
             self.transport.write(encode(message))
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(encode(message))
+
+    def flush(self) -> None:
+        """Write what ``send`` coalesced (a no-op when nothing waits)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            if self.transport is not None and not self._lost:
+                self.transport.write(b"".join(pending))
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) until everything sent has left for the socket."""
+        self.flush()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (self.transport is not None and not self._lost and self.transport.get_write_buffer_size()
@@ -149,6 +176,7 @@ class MessageLink(asyncio.Protocol):
         return self._lost
 
     def close(self, reason: str = "closed") -> None:
+        self.flush()  # what was sent before the close still goes (the transport drains it)
         if self.transport is not None:
             self.transport.close()
         self._lose(reason)

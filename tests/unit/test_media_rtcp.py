@@ -87,6 +87,16 @@ def test_sdes_with_every_null_position():
         assert [c.cname for c in sdes.chunks] == ["c" * n, "d"]  # type: ignore[union-attr]
 
 
+def test_the_first_interval_counts_the_sdes_the_first_report_will_carry():
+    # The SDES is built only when a report goes; the §6.3.2 initial size must match it.
+    for cname in ("", "a", "abc", "abcd", "x" * 16, "y" * 255):
+        session = RtcpSession(7, 0.0, cname=cname or None)
+        initial = session.avg_rtcp_size
+        sdes = bytes(SourceDescription((SdesChunk(7, ((1, session.cname.encode()),)),)))
+        assert session.report(0.0, 0, 0, 0).endswith(sdes)
+        assert initial == 28 + 28 + ReportBlock.SIZE + len(sdes)  # IP+UDP, RR header + block, SDES
+
+
 def test_padding_only_on_the_last_packet():
     padded_rr = H("a0c90002" "deadbeef" "00000004")  # P=1, 4 octets of padding
     assert parse_compound(padded_rr) == [ReceiverReport(0xDEADBEEF)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -68,3 +69,21 @@ def test_a_bad_message_closes_the_link_once_and_nothing_after_it_is_delivered() 
     link.connection_lost(None)
     link.send(["pong", 1])
     assert len(lost) == 1 and transport.written == []
+
+
+def test_a_coalescing_link_writes_one_iterations_messages_at_once_in_order() -> None:
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        link = MessageLink("worker", lambda m: None, lambda r: None, coalesce=True)
+        transport = FakeTransport()
+        link.connection_made(transport)  # type: ignore[arg-type]
+        link.send(["ping", 1])
+        link.send(["event", 2, {"type": "Dtmf", "digit": "1"}])
+        before = list(transport.written)  # nothing written yet: the write waits for the iteration's end
+        await asyncio.sleep(0)
+        link.send(["ping", 3])
+        link.close()  # a close writes what was sent before it
+        return before, transport.written
+
+    before, written = asyncio.run(scenario())
+    assert before == []
+    assert written == [encode(["ping", 1]) + encode(["event", 2, {"type": "Dtmf", "digit": "1"}]), encode(["ping", 3])]
