@@ -26,7 +26,7 @@ import logging
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,17 +286,19 @@ class Call:
 
     # ------------------------------------------------------------------ bridging
     def add_egress(self, bridge: Bridge, target: SipUri, addr: tuple[str, int], sink: TaskSink,
-                   credentials: Credentials | None = None) -> OutboundLeg:
-        """The bridge's outbound leg to ``target`` at ``addr`` (an IP: ``CallEngine.resolve``
+                   credentials: Credentials | None = None,
+                   alternatives: Sequence[tuple[str, int]] = ()) -> OutboundLeg:
+        """The bridge's outbound leg to ``target`` at ``addr`` (an IP: ``CallEngine.locate``
         looked its name up), owned by the task behind ``sink``: the caller's identity, the
-        caller's codec offered first, media in ``addr``'s family."""
+        caller's codec offered first, media in ``addr``'s family. ``alternatives``: the
+        servers to fail over to, in order (RFC 3263 §4.3)."""
         if self.stopping:
             raise CallError(f"StartBridgedCall: the call has ended ({self.stop_reason})")
         ingress = self.ingress
         caller = NameAddr.parse(ingress.invite.headers["from"][0])
         leg = OutboundLeg(target, addr, caller, callee_codecs(ingress.sdp.predicted_codec()),
                           self.engine.local_for(addr[0]), self.now(), over_tcp=self.engine.has_connection(addr),
-                          credentials=credentials)
+                          credentials=credentials, alternatives=alternatives)
         self.legs.append(leg)
         self.history.append(leg)
         self.engine.adopt(self, leg)
