@@ -184,6 +184,7 @@ class Switchboard:
             raise CallError("StartBridgedCall: this bridge already has a call")
         call = bridge.call
         try:
+            max_forwards = call.onward_max_forwards()  # 483 before any lookup: a loop goes no further
             route = self.engine.router.route(dest)
             refusal = self.engine.access.check_dial(call.caller, route.target, dest, call.now())
             if refusal is not None:
@@ -201,7 +202,7 @@ class Switchboard:
         if bridge.broken:  # broken while the name was looked up
             raise CallError("StartBridgedCall: the bridge is gone (the caller hung up or it was broken)")
         leg = call.add_egress(bridge, route.uri, servers[0], TaskSink(task.tid, task.post), route.credentials,
-                              alternatives=servers[1:])
+                              alternatives=servers[1:], max_forwards=max_forwards)
         # The task owns the leg from the start: IsConnected() and Disconnect() see it
         # while the INVITE is being placed.
         task.attach_leg(call.control(leg))

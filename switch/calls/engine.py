@@ -360,10 +360,9 @@ class CallEngine:
                 return
             self._on_in_dialog(txn, request, now)
             return
-        max_forwards = request.get("max-forwards")
-        if max_forwards is not None and max_forwards.strip() == "0" and method != "OPTIONS":
-            self._reply(txn, request, 483)
-            return
+        # Max-Forwards: 0 is no reason to refuse here: we are the request's endpoint (the
+        # UAS of its leg), and RFC 4475 §3.3.11 has an endpoint process it as if it were
+        # positive; it counts when the call would go further (Call.onward_max_forwards: 483).
         if method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
             self._on_invite(txn, request, now)

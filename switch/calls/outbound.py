@@ -49,7 +49,8 @@ class OutboundLeg(Leg):
 
     def __init__(self, target: SipUri, addr: tuple[str, int], caller: NameAddr | None,
                  codecs: tuple[str, ...], local: Local, now: float, over_tcp: bool = False,
-                 credentials: Credentials | None = None, alternatives: Sequence[tuple[str, int]] = ()) -> None:
+                 credentials: Credentials | None = None, alternatives: Sequence[tuple[str, int]] = (),
+                 max_forwards: int = 70) -> None:
         super().__init__(f"{new_branch()[7:]}@softswitch", local, LegState.CALLING,
                          OfferAnswer(local.rtp_ip, codecs=codecs), now)
         self.target = target
@@ -57,6 +58,7 @@ class OutboundLeg(Leg):
         # The next servers of the destination (RFC 3263 §4.3), tried in this order when
         # the current one does not answer or answers 503.
         self.alternatives = deque(alternatives)
+        self.max_forwards = max_forwards  # the caller's, decremented (Call.onward_max_forwards)
         self.caller = caller
         # The callee registered over TCP: our Via, Contact and every request of the dialog
         # go over the connection it opened (RFC 5626 style flow reuse).
@@ -104,7 +106,7 @@ class OutboundLeg(Leg):
         display = f'"{self.caller.display}" ' if self.caller and self.caller.display else ""
         headers: dict[str, list[str]] = {
             "via": [self._via()],
-            "max-forwards": ["70"],
+            "max-forwards": [str(self.max_forwards)],
             "from": [f"{display}<sip:{from_user}@{join_hostport(self.local.ip)}>;tag={self.local_tag}"],
             "to": [f"<{self.target}>"],
             "call-id": [self.call_id],

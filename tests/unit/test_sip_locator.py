@@ -9,9 +9,11 @@ import asyncio
 import socket
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
+from switch.config import Config, ConfigError, load
 from switch.sip.dns_records import Address, DnsFailure, DnsRecords, Naptr, Record, Srv, parse_dns_server
 from switch.sip.locator import Target, dns_lookup, locate, naptr_services, order_srv
 from switch.sip.resolver import ResolveError, Resolver
@@ -205,3 +207,25 @@ def test_a_dns_server_must_be_an_address(text: str) -> None:
 def test_target_names_its_transport() -> None:
     assert str(Target("UDP", "2001:db8::1", 5060)) == "[2001:db8::1]:5060/UDP"
     assert Target("TLS", "192.0.2.1", 5061).addr == ("192.0.2.1", 5061)
+
+
+# ---------------------------------------------------------------------- the config keys
+@pytest.mark.parametrize("setting, message", [
+    ('dns_servers = ["dns.example.net"]', "dns_servers: 'dns.example.net' is not IP or IP:PORT"),
+    ('dns_servers = "127.0.0.1"', "dns_servers must be a list"),
+    ("failover_timeout = 0", "failover_timeout must be a number from 0.1"),
+])
+def test_bad_dns_settings_are_refused_with_what_to_write(tmp_path: Path, setting: str, message: str) -> None:
+    path = tmp_path / "switch.toml"
+    path.write_text(setting + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load(str(path), {})
+
+
+def test_dns_settings_load_and_a_long_failover_timeout_is_only_outrun_by_timer_b(tmp_path: Path) -> None:
+    path = tmp_path / "switch.toml"
+    path.write_text('dns_servers = ["127.0.0.1:5353", "[::1]"]\nfailover_timeout = 40\n')
+    cfg = load(str(path), {"sip_t1": 0.05})
+    assert cfg.dns_servers == ["127.0.0.1:5353", "[::1]"] and cfg.failover_timeout == 40
+    assert DnsRecords(cfg.dns_servers, clock=Clock()).servers == [("127.0.0.1", 5353), ("::1", 53)]
+    assert Config().dns_servers == [] and not DnsRecords((), clock=Clock()).configured  # resolv.conf
