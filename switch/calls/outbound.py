@@ -167,6 +167,7 @@ class OutboundLeg(Leg):
         headers["via"] = [self._via()]
         self.invite = SipRequest("INVITE", old.uri, headers, old.body)
         self.provisional_seen = False  # a CANCEL waits for this transaction's provisional
+        self.first_response_at = None  # a dead server's 503 is not the callee's answer (post-dial delay)
         self.outbox.append(Send(self.invite, self.addr))
         self._invite_open = True
         self.log.info("outbound %s: %s from %s:%d: INVITE to the next server, %s:%d", self.call_id, why,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -192,6 +193,8 @@ def dns_lookup(records: DnsRecords) -> Lookup:
     instead of getaddrinfo: with ``dns_servers`` set, every name is theirs to answer."""
 
     async def lookup(host: str) -> tuple[list[tuple[int, str]], float | None]:
+        if _local(host):  # RFC 6761 §6.3: the host's own loopback, never a DNS server's answer
+            return [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")], None
         found: list[tuple[int, str]] = []
         ttls: list[float] = []
         failures: list[DnsFailure] = []

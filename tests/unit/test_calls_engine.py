@@ -154,6 +154,7 @@ class Rig:
         engine = self.engine
         assert engine.calls == {} and engine.legs == {}
         assert engine._dialogs == {} and engine._invites == {} and engine._client == {} and engine._txns_of == {}
+        assert engine._silent == {}  # no failover timer outlives its INVITE
         assert all(m.closed for m in self.media)
 
 

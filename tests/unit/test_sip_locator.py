@@ -122,11 +122,12 @@ def test_without_srv_the_host_itself_at_5060(loop: asyncio.AbstractEventLoop) ->
 ])
 def test_a_port_an_ip_or_localhost_skips_naptr_and_srv(loop: asyncio.AbstractEventLoop, uri: str,
                                                        expected: list[str] | None) -> None:
-    zone = FakeZone({**GW, ("gw.test", "A"): [Address(V4, "192.0.2.7")], ("localhost", "A"): [Address(V4, "127.0.0.1")]})
+    zone = FakeZone({**GW, ("gw.test", "A"): [Address(V4, "192.0.2.7")]})
     got = where(loop, zone, uri)
     assert got == {"sip:gw.test:5090": ["192.0.2.7:5090/UDP"], "sip:192.0.2.9": ["192.0.2.9:5060/UDP"],
                    "sip:localhost": ["127.0.0.1:5060/UDP"]}[uri]
     assert not any(t in ("NAPTR", "SRV") for _, t in zone.asked)
+    assert ("localhost", "A") not in zone.asked  # RFC 6761 §6.3: loopback without asking
 
 
 def test_a_transport_parameter_picks_the_srv_and_refuses_what_we_cannot_send(loop: asyncio.AbstractEventLoop) -> None:
