@@ -66,38 +66,68 @@ def test_a_gateway_name_without_port_is_reached_where_its_srv_record_says(
     stop_clean(sw)
 
 
+@pytest.mark.parametrize("first", ["silent", "closed"])
 def test_when_the_first_srv_server_is_dead_the_call_connects_via_the_second(
-        switch, bridge_app, sipp_bg, dns_server, tmp_path: Path, rtp_sink: RtpSink) -> None:
+        switch, bridge_app, sipp_bg, dns_server, tmp_path: Path, rtp_sink: RtpSink, first: str) -> None:
     """RFC 3263 §4.3: the priority-10 server never answers (a socket that swallows the
-    INVITE); after failover_timeout (1 s, far below Timer B's 32 s at the default T1) the
-    INVITE goes to the priority-20 server, a SIPp callee, and the call is answered."""
+    INVITE, or a port nothing listens on: an unconnected UDP socket hears no ICMP error);
+    after failover_timeout (1 s, far below Timer B's 32 s at the default T1) the INVITE
+    goes to the priority-20 server, a SIPp callee, and the call is answered."""
     uas = start_uas(sipp_bg, "uas_answer_bye", pause_ms=500)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:
         dead.bind((LOCALHOST, 0))
-        dns = dns_server(srv=[f"_sip._udp.gw.test,gw1.test,{dead.getsockname()[1]},10,0",
+        dead_port = dead.getsockname()[1]
+        if first == "closed":
+            dead.close()
+        dns = dns_server(srv=[f"_sip._udp.gw.test,gw1.test,{dead_port},10,0",
                               f"_sip._udp.gw.test,gw2.test,{uas.sip_port},20,0"],
                          hosts=["gw1.test,127.0.0.1", "gw2.test,127.0.0.1"])
         sw = srv_switch(switch, bridge_app(), tmp_path, dns, failover_timeout=1.0)
         rc = sipp_bg("uac_pcmu_wait_bye", sw, keys={"rtpport": rtp_sink.port}, timeout=15).wait()
         rs = uas.wait()
-        time.sleep(1.0)  # any retransmission to the dead server would have come by now
-        dead.setblocking(False)
-        swallowed = []
-        while True:
-            try:
-                swallowed.append(dead.recv(65535))
-            except BlockingIOError:
-                break
+        swallowed = drain(dead, 1.0) if first == "silent" else []
     assert rc.ok and rs.ok, rc.describe() + rs.describe()
     assert rc.final_status() == 200 and rs.received("BYE", 200), rc.describe()
     took = answered_after(rc)
     assert 1.0 <= took <= 3.0, f"answered {took:.2f} s after the INVITE; the failover timeout is 1 s"
-    # The dead server got the INVITE and its Timer A retransmissions (0, 0.5 s) until it
-    # was given up at 1 s: then nothing more.
-    assert 1 <= len(swallowed) <= 3 and all(d.startswith(b"INVITE sip:service@gw.test ") for d in swallowed), \
-        [d[:60] for d in swallowed]
-    branches = {re.search(rb"branch=([^;\r\n]+)", d).group(1) for d in swallowed}  # type: ignore[union-attr]
     (invite,) = rs.received("INVITE")
-    assert len(branches) == 1 and branches.pop().decode() not in invite.text, "a new transaction for the second"
-    assert re.search(r"no response from 127\.0\.0\.1:\d+ within 1 s", sw.log_text()), sw.log_tail()
+    if first == "silent":
+        # The dead server got the INVITE and its Timer A retransmissions (0, 0.5 s) until
+        # it was given up at 1 s: then nothing more.
+        assert 1 <= len(swallowed) <= 3 and all(d.startswith(b"INVITE sip:service@gw.test ") for d in swallowed), \
+            [d[:60] for d in swallowed]
+        branches = {re.search(rb"branch=([^;\r\n]+)", d).group(1) for d in swallowed}  # type: ignore[union-attr]
+        assert len(branches) == 1 and branches.pop().decode() not in invite.text, "a new transaction for the second"
+    assert re.search(rf"no response from 127\.0\.0\.1:{dead_port} within 1 s", sw.log_text()), sw.log_tail()
     stop_clean(sw)
+
+
+def test_a_server_answering_503_hands_the_call_to_the_next_at_once(
+        switch, bridge_app, sipp_bg, dns_server, tmp_path: Path, rtp_sink: RtpSink) -> None:
+    """RFC 3263 §4.3: a 503 from the first server is a failure to fail over from; the
+    caller hears none of it and is answered by the second server, without any wait."""
+    out_of_service = start_uas(sipp_bg, "uas_reject_503")
+    uas = start_uas(sipp_bg, "uas_answer_bye", pause_ms=500)
+    dns = dns_server(srv=[f"_sip._udp.gw.test,gw1.test,{out_of_service.sip_port},10,0",
+                          f"_sip._udp.gw.test,gw2.test,{uas.sip_port},20,0"],
+                     hosts=["gw1.test,127.0.0.1", "gw2.test,127.0.0.1"])
+    sw = srv_switch(switch, bridge_app(), tmp_path, dns)
+    rc = sipp_bg("uac_pcmu_wait_bye", sw, keys={"rtpport": rtp_sink.port}, timeout=10).wait()
+    r503, rs = out_of_service.wait(), uas.wait()
+    assert rc.ok and rs.ok and r503.ok, rc.describe() + r503.describe() + rs.describe()
+    assert rc.final_status() == 200 and 503 not in rc.statuses(), rc.statuses()
+    assert r503.received("ACK"), "the 503 must be ACKed\n" + r503.describe()
+    assert answered_after(rc) < 1.0, f"answered after {answered_after(rc):.2f} s: a 503 needs no timeout"
+    stop_clean(sw)
+
+
+def drain(sock: socket.socket, settle: float) -> list[bytes]:
+    """What reached `sock`, once `settle` s passed (any retransmission would have come)."""
+    time.sleep(settle)
+    sock.setblocking(False)
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65535))
+        except BlockingIOError:
+            return out
