@@ -19,11 +19,13 @@ transport's ``sendto()``. A new call's destination is located before its leg exi
 (``switch/sip/locator.py``) give its servers in order; the leg tries the first and fails
 over to the next (RFC 3263 §4.3) on a 503, on Timer B, or when a server has not answered
 at all within ``failover_timeout`` (an INVITE to a dead server would otherwise wait the
-whole Timer B, 32 s, before the next one is tried). An in-dialog request may still name a host (a
-Contact or Record-Route with a name, RFC 3261 §12.2.1.1): ``transmit`` sends it at once
-when the name is cached, else holds it, and every later request of that leg behind it,
-until the lookup ends, so the leg's requests keep their order. A lookup that fails is,
-for the leg, a 503 to that request (RFC 3261 §8.1.3.1: a transport failure).
+whole Timer B, 32 s, before the next one is tried).
+
+An in-dialog request may still name a host (a Contact or Record-Route with a name, RFC
+3261 §12.2.1.1): ``transmit`` sends it at once when the name is cached, else holds it,
+and every later request of that leg behind it, until the lookup ends, so the leg's
+requests keep their order. A lookup that fails is, for the leg, a 503 to that request
+(RFC 3261 §8.1.3.1: a transport failure).
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ from media.sdp import SessionDescription
 from media.ports import NoRtpPorts
 from media.session import MediaSession
 
-from ..sip.events import AckReceived, AckTimedOut, RequestReceived, ResponseReceived, SipEvent, TransactionTimedOut
-from ..sip.message import SipRequest, make_response
 from ..sip.dns_records import DnsRecords
+from ..sip.events import AckReceived, AckTimedOut, RequestReceived, ResponseReceived, SipEvent, TransactionTimedOut
 from ..sip.locator import dns_lookup, locate
+from ..sip.message import SipRequest, make_response
 from ..sip.resolver import ResolveError, Resolver
 from ..sip.transaction import ClientTransaction, InviteServerTransaction, ServerTransaction
 from ..sip.transport import SipTransport
@@ -50,10 +52,9 @@ from ..security.access import AccessPolicy, Refusal
 from ..sip.uas import uas_refusal
 from ..sip.uri import SipUri
 from ..tasks.boundary import CallError
-from .addressing import LocalAddresses
+from .addressing import LocalAddresses, ip_family
 from .admission import Admission
 from .call import Call, TaskSink
-from .addressing import ip_family
 from .inbound import InboundLeg
 from .leg import ALLOW, KNOWN_NOT_ALLOWED, Leg, Local, Respond, Send, SendStateless
 from .offer_answer import FAMILIES, SDP, OfferAnswerError, offer_media, parse_offer
