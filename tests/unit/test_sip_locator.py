@@ -230,3 +230,16 @@ def test_dns_settings_load_and_a_long_failover_timeout_is_only_outrun_by_timer_b
     assert cfg.dns_servers == ["127.0.0.1:5353", "[::1]"] and cfg.failover_timeout == 40
     assert DnsRecords(cfg.dns_servers, clock=Clock()).servers == [("127.0.0.1", 5353), ("::1", 53)]
     assert Config().dns_servers == [] and not DnsRecords((), clock=Clock()).configured  # resolv.conf
+
+
+def test_concurrent_lookups_of_one_record_are_one_query(loop: asyncio.AbstractEventLoop) -> None:
+    zone = FakeZone(GW)
+    records = DnsRecords(("127.0.0.1",), clock=Clock(), query=zone)
+
+    async def both() -> list[tuple[tuple[Record, ...], float]]:
+        return list(await asyncio.gather(records.lookup("_sip._udp.gw.test", "SRV"),
+                                         records.lookup("_SIP._udp.GW.test.", "SRV")))  # names are case-blind
+
+    first, second = loop.run_until_complete(both())
+    assert first == second and len(first[0]) == 2 and zone.asked == [("_sip._udp.gw.test", "SRV")]
+    assert records.queries == 1
