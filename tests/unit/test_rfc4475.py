@@ -399,6 +399,14 @@ def test_registrar_answers(name):
     assert [r.status for r in dispatch(fixture(name), registrar) if r.status >= 200] == [REGISTRAR_ANSWERS[name]]
 
 
+def test_a_register_to_an_unknown_uri_scheme_is_416_before_the_registrar_sees_it():
+    # RFC 3261 §8.2.2.1 (RFC 4475 §3.3.2) holds for a registrar too: it is a UAS.
+    register = fixture("unkscm").replace(b"OPTIONS", b"REGISTER")
+    registrar = Registrar({"user": "pw"}, realm="pbx")
+    assert [r.status for r in dispatch(register, registrar) if r.status >= 200] == [416]
+    assert registrar.bindings == {}
+
+
 # The engine refuses what RFC 3261 §8.2.2 says a UAS refuses, whatever the method.
 @pytest.mark.parametrize("name, status", [("unkscm", 416), ("novelsc", 416), ("bext01", 420), ("sdp01", 406)])
 def test_engine_applies_uas_refusal(name, status):
