@@ -8,6 +8,7 @@ need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v svcrack >/dev/null 2>&1 || command -v sipvicious_svcrack >/dev/null 2>&1 || need_apt+=(sipvicious)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)  # CDR tests run their own cluster
+[ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)  # RFC 3263 tests: a DNS server
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

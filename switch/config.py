@@ -20,6 +20,10 @@ the flags. Keys in the file are the flag names with '_' for '-':
     gateway_username = "pbx1"    # what the default gateway may challenge our INVITEs for
     gateway_password = "..."     # (401/407: the INVITE is sent again, once, with digest auth)
     sip_t1 = 0.5                 # RFC 3261 T1; an unanswered INVITE fails with 408 after 64*T1
+    dns_servers = ["127.0.0.1:5353"]  # DNS servers for gateway/URI names (NAPTR, SRV, A/AAAA,
+                                 # RFC 3263); [] (default): the system's, /etc/resolv.conf
+    failover_timeout = 4         # an outbound INVITE with no response at all from one of a
+                                 # name's servers within this many seconds tries the next
     js_workers = 2               # JS worker processes running the tasks (default: one per core)
     task_cpu_seconds = 5         # a task computing this long without calling a verb is stopped
     watchdog_s = 10              # the switch's own event loop stuck this long (a bug of ours):
@@ -119,6 +123,8 @@ class Config:
     gateway_password: str = ""
     outbound_routes: list[dict[str, Any]] = field(default_factory=list)  # [{"prefix": "1800", "gateway": URI}, ...]
     sip_t1: float = 0.5  # RFC 3261 T1 (s): Timer B/F (no answer -> 408) = 64*T1
+    dns_servers: list[str] = field(default_factory=list)  # "IP" or "IP:PORT"; []: /etc/resolv.conf
+    failover_timeout: float = 4.0  # s without any response before the INVITE tries the next server (RFC 3263 §4.3)
     users: dict[str, Any] = field(default_factory=dict)  # [users] name = "password" or {password, dial_out, max_calls}
     realm: str = "softswitch"  # digest realm of those accounts
     digest_algorithms: list[str] = field(default_factory=lambda: ["MD5", "SHA-256"])  # challenge order (RFC 8760)
@@ -209,6 +215,17 @@ class Config:
             raise ConfigError(f'digest_algorithms must be a list of "MD5" and/or "SHA-256", not {self.digest_algorithms!r}')
         if not 0.01 <= self.sip_t1 <= 5:
             raise ConfigError(f"sip_t1 must be between 0.01 and 5 seconds, not {self.sip_t1}")
+        if not isinstance(self.dns_servers, list) or not all(isinstance(s, str) for s in self.dns_servers):
+            raise ConfigError(f'dns_servers must be a list of "IP" or "IP:PORT" strings, not {self.dns_servers!r}')
+        from .sip.dns_records import parse_dns_server
+
+        for server in self.dns_servers:
+            try:
+                parse_dns_server(server)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        # (At or above Timer B, 64*sip_t1, it never fires first: Timer B fails over then.)
+        _check_range("failover_timeout", self.failover_timeout, 0.1, 320, "seconds")
 
     @property
     def gateway_rules(self) -> list[tuple[str, str]]:

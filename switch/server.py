@@ -123,6 +123,8 @@ class Switch:
             registrar=Registrar(cfg.users, cfg.realm, algorithms=tuple(cfg.digest_algorithms),
                                 failures=self.access.failures),  # REGISTER and INVITE guesses count together
             access=self.access,
+            dns_servers=cfg.dns_servers,
+            failover_timeout=cfg.failover_timeout,
         )
         self.tasks.switchboard = Switchboard(self.engine, self.tasks.post)
         self.cdr: CdrWriter | None = None

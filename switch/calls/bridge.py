@@ -184,15 +184,16 @@ class Switchboard:
             raise CallError("StartBridgedCall: this bridge already has a call")
         call = bridge.call
         try:
+            max_forwards = call.onward_max_forwards()  # 483 before any lookup: a loop goes no further
             route = self.engine.router.route(dest)
             refusal = self.engine.access.check_dial(call.caller, route.target, dest, call.now())
             if refusal is not None:
                 raise CallError(f"StartBridgedCall: {refusal.reason}: {dest!r} is a {route.target.value} and "
                                 f"the caller ({call.caller}) has no dial_out permission", refusal.status)
             try:
-                # A gateway's or URI's host name, looked up off the loop (RFC 3263 §4.2,
-                # A/AAAA); an IP returns at once.
-                addr = await self.engine.resolve(route.addr)
+                # A gateway's or URI's servers, located off the loop (RFC 3263: NAPTR, SRV,
+                # A/AAAA); an IP with a port returns at once.
+                servers = await self.engine.locate(route)
             except CallError as exc:
                 raise CallError(f"StartBridgedCall: {exc}", exc.status) from None
         except CallError as exc:
@@ -200,7 +201,8 @@ class Switchboard:
             raise
         if bridge.broken:  # broken while the name was looked up
             raise CallError("StartBridgedCall: the bridge is gone (the caller hung up or it was broken)")
-        leg = call.add_egress(bridge, route.uri, addr, TaskSink(task.tid, task.post), route.credentials)
+        leg = call.add_egress(bridge, route.uri, servers[0], TaskSink(task.tid, task.post), route.credentials,
+                              alternatives=servers[1:], max_forwards=max_forwards)
         # The task owns the leg from the start: IsConnected() and Disconnect() see it
         # while the INVITE is being placed.
         task.attach_leg(call.control(leg))

@@ -26,7 +26,7 @@ import logging
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -285,18 +285,34 @@ class Call:
         self.pump(leg)
 
     # ------------------------------------------------------------------ bridging
+    def onward_max_forwards(self) -> int:
+        """The Max-Forwards of the INVITE this call sends on: the caller's, decremented
+        (RFC 7332 §3: a B2BUA passes the hop count on, so a routing loop through it ends
+        instead of ringing forever); 70 if the caller sent none (RFC 2543). CallError 483
+        when it is 0: the call may go no further (RFC 3261 §16.3 item 3)."""
+        text = self.ingress.invite.get("max-forwards")
+        if text is None:
+            return 70
+        hops = int(text.strip() or 0)  # (the parser checked it: 0-255)
+        if hops <= 0:
+            raise CallError("StartBridgedCall: the caller's INVITE came with Max-Forwards: 0, so it may "
+                            "go no further (a routing loop?)", 483)
+        return hops - 1
+
     def add_egress(self, bridge: Bridge, target: SipUri, addr: tuple[str, int], sink: TaskSink,
-                   credentials: Credentials | None = None) -> OutboundLeg:
-        """The bridge's outbound leg to ``target`` at ``addr`` (an IP: ``CallEngine.resolve``
+                   credentials: Credentials | None = None,
+                   alternatives: Sequence[tuple[str, int]] = (), max_forwards: int = 70) -> OutboundLeg:
+        """The bridge's outbound leg to ``target`` at ``addr`` (an IP: ``CallEngine.locate``
         looked its name up), owned by the task behind ``sink``: the caller's identity, the
-        caller's codec offered first, media in ``addr``'s family."""
+        caller's codec offered first, media in ``addr``'s family. ``alternatives``: the
+        servers to fail over to, in order (RFC 3263 §4.3)."""
         if self.stopping:
             raise CallError(f"StartBridgedCall: the call has ended ({self.stop_reason})")
         ingress = self.ingress
         caller = NameAddr.parse(ingress.invite.headers["from"][0])
         leg = OutboundLeg(target, addr, caller, callee_codecs(ingress.sdp.predicted_codec()),
                           self.engine.local_for(addr[0]), self.now(), over_tcp=self.engine.has_connection(addr),
-                          credentials=credentials)
+                          credentials=credentials, alternatives=alternatives, max_forwards=max_forwards)
         self.legs.append(leg)
         self.history.append(leg)
         self.engine.adopt(self, leg)

@@ -14,12 +14,18 @@ leg's queued messages come back here (``transmit``) and its happenings go to the
 A leg is forgotten (``forget``) when its call retires it; a call when its last leg is.
 
 Host names are resolved here, off the loop (``switch/sip/resolver.py``), never by the
-transport's ``sendto()``. A new call's destination is resolved before its leg exists
-(``resolve``, from ``StartBridgedCall``). An in-dialog request may still name a host (a
-Contact or Record-Route with a name, RFC 3261 §12.2.1.1): ``transmit`` sends it at once
-when the name is cached, else holds it, and every later request of that leg behind it,
-until the lookup ends, so the leg's requests keep their order. A lookup that fails is,
-for the leg, a 503 to that request (RFC 3261 §8.1.3.1: a transport failure).
+transport's ``sendto()``. A new call's destination is located before its leg exists
+(``locate``, from ``StartBridgedCall``): RFC 3263's NAPTR, SRV and A/AAAA steps
+(``switch/sip/locator.py``) give its servers in order; the leg tries the first and fails
+over to the next (RFC 3263 §4.3) on a 503, on Timer B, or when a server has not answered
+at all within ``failover_timeout`` (an INVITE to a dead server would otherwise wait the
+whole Timer B, 32 s, before the next one is tried).
+
+An in-dialog request may still name a host (a Contact or Record-Route with a name, RFC
+3261 §12.2.1.1): ``transmit`` sends it at once when the name is cached, else holds it,
+and every later request of that leg behind it, until the lookup ends, so the leg's
+requests keep their order. A lookup that fails is, for the leg, a 503 to that request
+(RFC 3261 §8.1.3.1: a transport failure).
 """
 
 from __future__ import annotations
@@ -28,14 +34,16 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from media.playback import PlaybackCache
 from media.sdp import SessionDescription
 from media.ports import NoRtpPorts
 from media.session import MediaSession
 
+from ..sip.dns_records import DnsRecords
 from ..sip.events import AckReceived, AckTimedOut, RequestReceived, ResponseReceived, SipEvent, TransactionTimedOut
+from ..sip.locator import dns_lookup, locate
 from ..sip.message import SipRequest, make_response
 from ..sip.resolver import ResolveError, Resolver
 from ..sip.transaction import ClientTransaction, InviteServerTransaction, ServerTransaction
@@ -44,18 +52,24 @@ from ..security.access import AccessPolicy, Refusal
 from ..sip.uas import uas_refusal
 from ..sip.uri import SipUri
 from ..tasks.boundary import CallError
-from .addressing import LocalAddresses
+from .addressing import LocalAddresses, ip_family
 from .admission import Admission
 from .call import Call, TaskSink
 from .inbound import InboundLeg
 from .leg import ALLOW, KNOWN_NOT_ALLOWED, Leg, Local, Respond, Send, SendStateless
 from .offer_answer import FAMILIES, SDP, OfferAnswerError, offer_media, parse_offer
+from .outbound import OutboundLeg
 from .registrar import Registrar
 from .routing import OutboundRoutes, Route, Router
 
 logger = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
+
+# The transports an outbound call can be placed on (RFC 3263 §4.1 picks among them): UDP
+# until the transport opens connections of its own (TCP and TLS join this set then).
+OUTBOUND_TRANSPORTS = frozenset({"UDP"})
+FAILOVER_TIMEOUT = 4.0  # s: an INVITE with no response at all from a server moves to the next
 
 
 class CallEngine:
@@ -73,6 +87,8 @@ class CallEngine:
         gateways: OutboundRoutes | None = None,
         registrar: Registrar | None = None,
         access: AccessPolicy | None = None,
+        dns_servers: Sequence[str] = (),
+        failover_timeout: float = FAILOVER_TIMEOUT,
     ) -> None:
         self.loop = loop
         self.sip = sip
@@ -87,7 +103,13 @@ class CallEngine:
         self.access = access or AccessPolicy()
         self.router = Router(gateways or OutboundRoutes(), self.registrar, self._is_us)
         self.addresses = LocalAddresses(lambda: self.sip.local_addr, advertise)
-        self.resolver = Resolver(loop, lambda: self.addresses.families)
+        # NAPTR/SRV records (and A/AAAA when dns_servers is set), cached for their TTL.
+        self.dns = DnsRecords(dns_servers, clock=loop.time)
+        self.resolver = Resolver(loop, lambda: self.addresses.families,
+                                 lookup=dns_lookup(self.dns) if self.dns.configured else None)
+        self.failover_timeout = failover_timeout
+        # INVITEs to a server with another behind it, until their first response (§4.3).
+        self._silent: dict[ClientTransaction, asyncio.TimerHandle] = {}
         # In-dialog requests held until their next hop's name is resolved, by leg, in order.
         self._held: dict[Leg, deque[Send | SendStateless]] = {}
         self._lookups: set[asyncio.Task[None]] = set()
@@ -128,6 +150,20 @@ class CallEngine:
     def route(self, dest: str) -> Route:
         return self.router.route(dest)
 
+    async def locate(self, route: Route) -> list[Addr]:
+        """The servers a new leg's INVITE goes to, in the order to try them, as IPs of one
+        family we serve (the first one's: the leg's Via, Contact and SDP are in it):
+        RFC 3263 for a gateway or URI, the phone's address for a registered user.
+        CallError with 404/503 when there is none."""
+        if route.server is None:
+            return [await self.resolve(route.addr)]
+        try:
+            targets = await locate(route.server, OUTBOUND_TRANSPORTS, self.resolver, self.dns)
+        except ResolveError as exc:
+            raise CallError(str(exc), exc.status) from None
+        family = ip_family(targets[0].address)
+        return [t.addr for t in targets if ip_family(t.address) == family]
+
     async def resolve(self, addr: Addr) -> Addr:
         """Where a new leg's requests go, as an IP of a family we serve (a host name looked
         up off the loop); CallError with 404/503 when there is none."""
@@ -156,6 +192,7 @@ class CallEngine:
             del self._dialogs[leg.dialog.id]
         for txn in self._txns_of.pop(leg, ()):
             self._client.pop(txn, None)
+            self._heard_from(txn)
 
     def call_closed(self, call: Call) -> None:
         if self.calls.pop(call.ingress.key, None) is not call:
@@ -201,6 +238,29 @@ class CallEngine:
         if item.track and leg in self.legs:
             self._client[txn] = (leg, item.request.method)
             self._txns_of.setdefault(leg, []).append(txn)
+            if isinstance(leg, OutboundLeg) and leg.alternatives and item.request.method == "INVITE":
+                self._silent[txn] = self.loop.call_later(self.failover_timeout, self._server_silent, txn)
+
+    def _heard_from(self, txn: ClientTransaction) -> None:
+        handle = self._silent.pop(txn, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _server_silent(self, txn: ClientTransaction) -> None:
+        """RFC 3263 §4.3: the server has not answered the INVITE at all (not even 100
+        Trying, which a live server sends within 200 ms, RFC 3261 §17.2.1) and another is
+        behind it: give this one up and let the leg try the next."""
+        self._silent.pop(txn, None)
+        entry = self._client.get(txn)
+        if entry is None:
+            return
+        leg, method = entry
+        self.sip.layer.abandon(txn)
+        self._untrack(txn, leg)
+        leg.log.warning("%s %s: no response from %s:%d within %g s", leg.kind, leg.call_id, *txn.addr,
+                        self.failover_timeout)
+        leg.on_timeout(method, self.loop.time())
+        self._pump(leg)
 
     async def _send_held(self, leg: Leg) -> None:
         """Resolve the next hop of each request ``leg`` holds, in order, and send it; a
@@ -249,6 +309,7 @@ class CallEngine:
             if entry is None:
                 return
             leg, method = entry
+            self._heard_from(txn)
             if response.status >= 200 and (method != "INVITE" or response.status >= 300):
                 self._untrack(txn, leg)  # done; a 2xx to an INVITE may be retransmitted
             leg.on_response(method, response, now)
@@ -257,6 +318,7 @@ class CallEngine:
             entry = self._client.get(event.transaction)
             if entry is not None:
                 leg, method = entry
+                self._heard_from(event.transaction)
                 self._untrack(event.transaction, leg)
                 leg.on_timeout(method, now)
                 self._pump(leg)
@@ -299,10 +361,9 @@ class CallEngine:
                 return
             self._on_in_dialog(txn, request, now)
             return
-        max_forwards = request.get("max-forwards")
-        if max_forwards is not None and max_forwards.strip() == "0" and method != "OPTIONS":
-            self._reply(txn, request, 483)
-            return
+        # Max-Forwards: 0 is no reason to refuse here: we are the request's endpoint (the
+        # UAS of its leg), and RFC 4475 §3.3.11 has an endpoint process it as if it were
+        # positive; it counts when the call would go further (Call.onward_max_forwards: 483).
         if method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
             self._on_invite(txn, request, now)
@@ -443,7 +504,11 @@ class CallEngine:
         for task in list(self._lookups):
             task.cancel()
         self._held.clear()  # (a task cancelled before its first step never runs its finally)
+        for handle in self._silent.values():
+            handle.cancel()
+        self._silent.clear()
         self.resolver.close()
+        self.dns.close()
 
 
 def _accepts_sdp(accept: str | None) -> bool:

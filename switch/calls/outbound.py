@@ -6,11 +6,18 @@ provisional responses (early dialog, early media from a 183's SDP), ACK for the 
 retransmitted 2xx, CANCEL when we give up before the answer (only after a provisional
 arrived, §9.1), the race where the callee answers a call we just cancelled (ACK it,
 then BYE), and a second 2xx from a forking proxy (§13.2.2.4: ACK, then BYE).
+
+Failover (RFC 3263 §4.3): when DNS gave the destination several servers, an INVITE that
+times out (Timer B, or the engine's shorter ``failover_timeout`` while no response at
+all came) or is answered 503 is sent again to the next server: the same request (Call-ID,
+tags, CSeq) with a new Via branch, so a new transaction. The caller hears nothing of it.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..security.digest import digest_response, parse_digest
@@ -42,11 +49,16 @@ class OutboundLeg(Leg):
 
     def __init__(self, target: SipUri, addr: tuple[str, int], caller: NameAddr | None,
                  codecs: tuple[str, ...], local: Local, now: float, over_tcp: bool = False,
-                 credentials: Credentials | None = None) -> None:
+                 credentials: Credentials | None = None, alternatives: Sequence[tuple[str, int]] = (),
+                 max_forwards: int = 70) -> None:
         super().__init__(f"{new_branch()[7:]}@softswitch", local, LegState.CALLING,
                          OfferAnswer(local.rtp_ip, codecs=codecs), now)
         self.target = target
         self.addr = addr
+        # The next servers of the destination (RFC 3263 §4.3), tried in this order when
+        # the current one does not answer or answers 503.
+        self.alternatives = deque(alternatives)
+        self.max_forwards = max_forwards  # the caller's, decremented (Call.onward_max_forwards)
         self.caller = caller
         # The callee registered over TCP: our Via, Contact and every request of the dialog
         # go over the connection it opened (RFC 5626 style flow reuse).
@@ -93,8 +105,8 @@ class OutboundLeg(Leg):
         from_user = (self.caller.sip_uri.user if self.caller else None) or "softswitch"
         display = f'"{self.caller.display}" ' if self.caller and self.caller.display else ""
         headers: dict[str, list[str]] = {
-            "via": [f"SIP/2.0/{'TCP' if self.tcp else 'UDP'} {self.local.sent_by};branch={new_branch()};rport"],
-            "max-forwards": ["70"],
+            "via": [self._via()],
+            "max-forwards": [str(self.max_forwards)],
             "from": [f"{display}<sip:{from_user}@{join_hostport(self.local.ip)}>;tag={self.local_tag}"],
             "to": [f"<{self.target}>"],
             "call-id": [self.call_id],
@@ -140,7 +152,30 @@ class OutboundLeg(Leg):
             super().on_timeout(method, now)
             return
         self._invite_open = False
+        if self._next_server("no answer (timeout)"):
+            return
         self._failed(408, "no answer from the callee (timeout)", now)
+
+    def _next_server(self, why: str) -> bool:
+        """RFC 3263 §4.3: send the INVITE to the next server, if there is one and the call
+        is still ours to place (not given up, not answered)."""
+        if not self.alternatives or self.ended or self.dialog is not None or self.invite is None:
+            return False
+        failed, self.addr = self.addr, self.alternatives.popleft()
+        old = self.invite
+        headers = {name: list(values) for name, values in old.headers.items()}
+        headers["via"] = [self._via()]
+        self.invite = SipRequest("INVITE", old.uri, headers, old.body)
+        self.provisional_seen = False  # a CANCEL waits for this transaction's provisional
+        self.first_response_at = None  # a dead server's 503 is not the callee's answer (post-dial delay)
+        self.outbox.append(Send(self.invite, self.addr))
+        self._invite_open = True
+        self.log.info("outbound %s: %s from %s:%d: INVITE to the next server, %s:%d", self.call_id, why,
+                      *failed, *self.addr)
+        return True
+
+    def _via(self) -> str:
+        return f"SIP/2.0/{'TCP' if self.tcp else 'UDP'} {self.local.sent_by};branch={new_branch()};rport"
 
     def on_response(self, method: str, response: SipResponse, now: float) -> None:
         if method != "INVITE":
@@ -160,6 +195,8 @@ class OutboundLeg(Leg):
             self._invite_open = False
             self.final_status = status
             if status in (401, 407) and self._retry_with_credentials(response):
+                return
+            if status == 503 and self._next_server("503"):
                 return
             self._failed(status, response.reason, now)
 
@@ -192,7 +229,7 @@ class OutboundLeg(Leg):
         if "opaque" in params:
             value += f', opaque="{params["opaque"]}"'
         headers = {name: list(values) for name, values in old.headers.items()}
-        headers["via"] = [f"SIP/2.0/{'TCP' if self.tcp else 'UDP'} {self.local.sent_by};branch={new_branch()};rport"]
+        headers["via"] = [self._via()]
         headers["cseq"] = [f"{old.cseq.number + 1} INVITE"]
         headers["authorization" if challenge.status == 401 else "proxy-authorization"] = [value]
         self.invite = SipRequest("INVITE", old.uri, headers, old.body)

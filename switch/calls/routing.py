@@ -20,6 +20,10 @@ class Route(NamedTuple):
     addr: Addr  # where to send it; the host may be a name (CallEngine.resolve looks it up)
     target: DialTarget  # what it is: dial-out permission depends on it
     credentials: Credentials | None = None  # what the gateway may challenge us for (401/407)
+    # The URI whose servers RFC 3263 locates (NAPTR/SRV/A, CallEngine.locate): the gateway
+    # as configured or the dialled URI, parameters (transport, maddr) included. None: a
+    # registered phone, reached at ``addr`` (where its REGISTER came from or its Contact).
+    server: SipUri | None = None
 
 
 class OutboundRoutes:
@@ -61,7 +65,7 @@ class Router:
                 raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number", 400) from None
             if uri.scheme != "tel" and not self.is_us(uri):
                 direct = SipUri("sip", uri.user, uri.host, uri.port)
-                return Route(direct, uri_address(direct), DialTarget.URI)
+                return Route(direct, uri_address(direct), DialTarget.URI, server=uri)
             user = uri.user or ""
         else:
             user = text
@@ -77,4 +81,4 @@ class Router:
                             "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)", 404)
         gateway, credentials = found
         target = SipUri("sip", user, gateway.host, gateway.port)
-        return Route(target, uri_address(target), DialTarget.GATEWAY, credentials)
+        return Route(target, uri_address(target), DialTarget.GATEWAY, credentials, server=gateway)

@@ -137,8 +137,9 @@ def _contact_uri(msg: SipRequest | SipResponse, fallback: str) -> str:
 def uri_address(uri: SipUri) -> Addr:
     """Transport address of a SIP URI (its ``maddr`` if any, RFC 3261 §19.1.1): the host
     as written, which may be a name: the call engine resolves it off the loop before
-    anything is sent there (``switch/sip/resolver.py``: A/AAAA; SRV/NAPTR, RFC 3263, are
-    not done yet, so the port is the URI's or 5060)."""
+    anything is sent there (``switch/sip/resolver.py``: A/AAAA, at the URI's port or
+    5060). A new call's destination is located by RFC 3263 instead (NAPTR/SRV,
+    ``switch/sip/locator.py``); this is the address of an in-dialog target."""
     host = uri.params.get("maddr") or uri.host
     host = host.strip("[]")
     return (host, uri.port or 5060)

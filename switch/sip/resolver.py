@@ -6,6 +6,8 @@ but IP literals: a name from a route (``--gateway sip:gw.example.net``, a dialle
 from a dialog (a Contact or Record-Route with a name) is resolved here first, with
 ``loop.getaddrinfo`` (the default executor's threads), before anything is sent there.
 
+- The lookup is ``getaddrinfo`` (the system's /etc/hosts and DNS), or, when the config
+  names ``dns_servers``, A and AAAA queries to them (``CallEngine`` passes that lookup in).
 - Results are cached: ``getaddrinfo`` gives no TTL, so an answer is kept ``ttl`` seconds
   (a gateway that moves is followed within a minute) and a failure ``negative_ttl``
   seconds (a dead name does not cost a lookup per call). Lookups of one name in flight
@@ -19,7 +21,10 @@ from a dialog (a Contact or Record-Route with a name) is resolved here first, wi
   for a name with no address in a family we serve (RFC 3261 §8.1.3.1 treats a transport
   failure as 503).
 
-SRV and NAPTR (RFC 3263 §4.1, §4.2) are not done: the port is the URI's, or 5060.
+SRV and NAPTR (RFC 3263 §4.1, §4.2), for a new call's destination, are ``locator.py``,
+which asks this module for the addresses of the hosts SRV names. In-dialog requests (a
+remote target or Record-Route that names a host) are sent to its A/AAAA address, at the
+URI's port or 5060.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from .uri import host_address
 logger = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
-Lookup = Callable[[str], Awaitable[list[tuple[int, str]]]]
+# A name's addresses as (family, IP), and their TTL when the source says (None: ``ttl``).
+Lookup = Callable[[str], Awaitable[tuple[list[tuple[int, str]], float | None]]]
 
 TTL = 60.0
 NEGATIVE_TTL = 10.0
@@ -128,6 +134,10 @@ class Resolver:
         host = host_address(addr[0])
         if is_ip_literal(host):
             return (self._pick(host, ((socket.AF_INET6 if ":" in host else socket.AF_INET, host),)), addr[1])
+        answer = await self._answer(host)
+        return (self._pick(host, answer.addresses), addr[1])
+
+    async def _answer(self, host: str) -> _Answer:
         answer = self._answers.get(host)
         if answer is None or answer.expires <= self._clock():
             pending = self._pending.get(host)
@@ -136,7 +146,19 @@ class Resolver:
             answer = await asyncio.shield(pending)
         if answer.error is not None:
             raise answer.error
-        return (self._pick(host, answer.addresses), addr[1])
+        return answer
+
+    async def addresses(self, host: str) -> list[str]:
+        """Every address of ``host`` in a family we serve, in the order the lookup gave them
+        (RFC 3263 §4.3 fails over across them); an IP literal is itself. ResolveError when
+        there is none."""
+        host = host_address(host)
+        if is_ip_literal(host):
+            return [self._pick(host, ((socket.AF_INET6 if ":" in host else socket.AF_INET, host),))]
+        answer = await self._answer(host)
+        self._pick(host, answer.addresses)  # raises when no family matches
+        served = self.families()
+        return [address for family, address in answer.addresses if family in served]
 
     def close(self) -> None:
         """Stop waiting for lookups in flight (their threads finish on their own)."""
@@ -148,8 +170,8 @@ class Resolver:
     async def _look_up(self, host: str) -> _Answer:
         self.lookups += 1
         try:
-            found = await asyncio.wait_for(self._lookup(host), self.timeout)
-            answer = _Answer(self._clock() + self.ttl, tuple(found)) if found else _Answer(
+            found, ttl = await asyncio.wait_for(self._lookup(host), self.timeout)
+            answer = _Answer(self._clock() + (self.ttl if ttl is None else ttl), tuple(found)) if found else _Answer(
                 self._clock() + self.negative_ttl, error=ResolveError(host, 404, "no address"))
         except TimeoutError:  # (an OSError: caught first)
             answer = _Answer(self._clock() + self.negative_ttl,
@@ -187,14 +209,14 @@ class Resolver:
         raise ResolveError(host, 503, f"it is {names} only and the switch listens on {family_names(served)} "
                                       "(--listen [::]:PORT serves both)")
 
-    async def _getaddrinfo(self, host: str) -> list[tuple[int, str]]:
+    async def _getaddrinfo(self, host: str) -> tuple[list[tuple[int, str]], float | None]:
         infos = await self.loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
         seen: list[tuple[int, str]] = []
         for family, _, _, _, sockaddr in infos:
             entry = (int(family), str(sockaddr[0]))
             if entry not in seen:
                 seen.append(entry)
-        return seen
+        return seen, None  # getaddrinfo gives no TTL
 
 
-__all__ = ["FAMILY_NAMES", "ResolveError", "Resolver", "family_names", "is_ip_literal"]
+__all__ = ["FAMILY_NAMES", "Lookup", "ResolveError", "Resolver", "family_names", "is_ip_literal"]

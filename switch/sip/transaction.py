@@ -534,6 +534,13 @@ class TransactionLayer:
         self._client[key] = txn
         return txn
 
+    def abandon(self, txn: ClientTransaction) -> None:
+        """The TU gives up on a client transaction that got no response at all (RFC 3263
+        §4.3: it fails over to the next server before Timer B): no more retransmissions,
+        no event; a response that still comes is a stray."""
+        if txn.state in (State.CALLING, State.TRYING):
+            txn._set_state(State.TERMINATED)  # (its timers with it)
+
     def send_stateless(self, msg: SipRequest | SipResponse, addr: Addr) -> None:
         """Outside any transaction: the ACK for a 2xx, or a stateless error response."""
         self._out.append((self.wire(msg), addr))

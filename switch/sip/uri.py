@@ -201,7 +201,7 @@ def _end_of_quoted(text: str) -> int:
     raise UriError(f"unterminated quoted string in {text[:60]!r}")
 
 
-def _format_params(params: dict[str, str | None]) -> str:
+def format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
@@ -256,13 +256,45 @@ class SipUri:
 
     def __str__(self) -> str:
         if self.scheme == "tel":
-            return f"tel:{self.user}{_format_params(self.params)}"
+            return f"tel:{self.user}{format_params(self.params)}"
         userinfo = ""
         if self.user is not None:
             userinfo = self.user if self.password is None else f"{self.user}:{self.password}"
             userinfo += "@"
         tail = f"?{self.headers}" if self.headers else ""
-        return f"{self.scheme}:{userinfo}{self.hostport}{_format_params(self.params)}{tail}"
+        return f"{self.scheme}:{userinfo}{self.hostport}{format_params(self.params)}{tail}"
+
+
+# RFC 3261 §19.1.4: these URI parameters must match when either URI has one.
+_MUST_MATCH = ("user", "ttl", "method", "maddr", "transport")
+
+
+def same_uri(a: SipUri, b: SipUri) -> bool:
+    """RFC 3261 §19.1.4 equivalence, for finding a registrar's binding (§10.3 step 7): the
+    scheme, user and password as octets once unescaped (case-sensitive), the host without
+    regard to case, the port only if both or neither give it (sip:h is not sip:h:5060),
+    ``user``/``ttl``/``method``/``maddr``/``transport`` present in either must match, other
+    parameters only where both have them (values without regard to case), and the headers
+    must be the same set."""
+    if a.scheme != b.scheme or a.port != b.port or a.host.lower() != b.host.lower():
+        return False
+    if unescape(a.user or "") != unescape(b.user or "") or unescape(a.password or "") != unescape(b.password or ""):
+        return False
+    for name in set(a.params) | set(b.params):
+        if name in a.params and name in b.params or name in _MUST_MATCH:
+            if unescape(a.params.get(name) or "").lower() != unescape(b.params.get(name) or "").lower():
+                return False
+            if (name in a.params) != (name in b.params):
+                return False
+    return _headers(a.headers) == _headers(b.headers)
+
+
+def _headers(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in text.split("&") if text else ():
+        name, _, value = item.partition("=")
+        out[unescape(name).lower()] = unescape(value)
+    return out
 
 
 @dataclass(slots=True)
@@ -331,4 +363,4 @@ class NameAddr:
 
     def __str__(self) -> str:
         display = f'"{self.display}" ' if self.display else ""
-        return f"{display}<{self.uri}>{_format_params(self.params)}"
+        return f"{display}<{self.uri}>{format_params(self.params)}"

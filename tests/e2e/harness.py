@@ -173,6 +173,20 @@ def ack_for(invite: bytes, response: bytes) -> bytes:
     return ("\r\n".join(out) + "\r\n\r\n").encode()
 
 
+def response_to(request: bytes, status: int, reason: str, to_tag: str = "e2e") -> bytes:
+    """A UAS's response to `request` (RFC 3261 §8.2.6.2): its Via, From, Call-ID and CSeq
+    lines, its To with `to_tag` added."""
+    out = [f"SIP/2.0 {status} {reason}"]
+    for line in request.decode(errors="replace").split("\r\n\r\n", 1)[0].split("\r\n")[1:]:
+        name = line.split(":", 1)[0].strip().lower()
+        if name in ("via", "v", "from", "f", "call-id", "i", "cseq"):
+            out.append(line)
+        elif name in ("to", "t"):
+            out.append(line if ";tag=" in line else f"{line};tag={to_tag}")
+    out.append("Content-Length: 0")
+    return ("\r\n".join(out) + "\r\n\r\n").encode()
+
+
 class SipSocket:
     """A bare UDP socket that sends requests and collects whatever comes back."""
 

@@ -3,9 +3,11 @@ UDP: each gets its final response (RFC 3261 §8.2, §21) and the switch keeps se
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
-from .harness import SipSocket, sdp_offer, sip_request, status_of
+from .harness import LOCALHOST, SipSocket, ack_for, sdp_offer, sip_request, start_bridge_switch, status_of, stop_clean
 
 pytestmark = pytest.mark.e2e
 
@@ -37,3 +39,28 @@ def test_observed_failures_get_answers(switch):
         got = [status_of(d) for d in s.recv_all(5.0)]
         assert got[0] == 100 and any(c is not None and c >= 200 for c in got), got
     assert "Unhandled exception" not in sw.log_text() and "Traceback" not in sw.log_text()
+
+
+def test_max_forwards_0_is_answered_by_the_app_but_goes_no_further(switch, bridge_app):
+    """RFC 4475 §3.3.11: the switch is the INVITE's endpoint, so Max-Forwards: 0 is served
+    (the greeting answers it); the bridge app would send it on, which the hop count forbids
+    (RFC 7332 §3): 483, and the gateway sees nothing."""
+    sw = switch("greeting")
+    with SipSocket() as s:
+        s.send(sip_request("INVITE", sw.sip_addr, s.addr, body=sdp_offer(9)).replace(
+            b"Max-Forwards: 70", b"Max-Forwards: 0"), sw.sip_addr)
+        got = [status_of(d) for d in s.recv_all(5.0)]
+    assert got[:1] == [100] and got[-1] == 200, got
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gateway, SipSocket() as s:
+        gateway.bind((LOCALHOST, 0))
+        bridged = start_bridge_switch(switch, bridge_app(), gateway.getsockname()[1])
+        invite = sip_request("INVITE", bridged.sip_addr, s.addr, body=sdp_offer(9)).replace(
+            b"Max-Forwards: 70", b"Max-Forwards: 0")
+        s.send(invite, bridged.sip_addr)
+        answers = s.recv_all(5.0)
+        assert [status_of(d) for d in answers][-1] == 483, [d[:40] for d in answers]
+        s.send(ack_for(invite, answers[-1]), bridged.sip_addr)
+        gateway.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            gateway.recv(65535)  # no INVITE went on
+    stop_clean(bridged)

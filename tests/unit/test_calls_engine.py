@@ -154,6 +154,7 @@ class Rig:
         engine = self.engine
         assert engine.calls == {} and engine.legs == {}
         assert engine._dialogs == {} and engine._invites == {} and engine._client == {} and engine._txns_of == {}
+        assert engine._silent == {}  # no failover timer outlives its INVITE
         assert all(m.closed for m in self.media)
 
 
@@ -377,4 +378,45 @@ def test_observers_hear_of_each_call_once_with_every_leg_and_its_figures(loop: a
     assert (ingress.end_status, outbound.end_status, outbound.ended_by_peer) == (486, 486, True)
     assert set(call.rtp_stats) == {outbound}  # the caller was never answered: no media opened
     assert call.task_errors == {outbound: "egress.js:4: Error: boom"}
+    rig.assert_nothing_left()
+
+
+# ---------------------------------------------------------------------- Max-Forwards
+def test_an_invite_with_max_forwards_0_is_ours_to_answer(loop: asyncio.AbstractEventLoop) -> None:
+    # RFC 4475 §3.3.11: the endpoint processes it as if the value were positive.
+    rig = Rig(loop)
+    rig.sip.deliver(invite().replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), PHONE)
+    rig.run(rig.controls[1].accept())
+    trying, ok = rig.sip.take()
+    assert (trying.status, ok.status) == (100, 200)
+    rig.sip.deliver(from_caller("ACK", ok, 1), PHONE)
+    rig.sip.deliver(from_caller("BYE", ok, 2), PHONE)
+    assert statuses(rig.sip.take()) == [200]
+    rig.assert_nothing_left()
+
+
+def test_max_forwards_0_goes_no_further_than_us(loop: asyncio.AbstractEventLoop) -> None:
+    # RFC 7332 §3 / RFC 3261 §16.3: the callee's INVITE would need Max-Forwards -1: 483.
+    rig = Rig(loop)
+    egress, offer = bridge(rig, invite().replace(b"Max-Forwards: 70", b"Max-Forwards: 0"))
+    with pytest.raises(CallError, match="Max-Forwards: 0, so it may go no further") as refused:
+        rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    assert refused.value.status == 483 and rig.sip.take() == [] and rig.media == []
+    rig.controls[1].disconnect()
+    assert statuses(rig.sip.take()) == [483]  # the caller hears why
+    rig.assert_nothing_left()
+
+
+@pytest.mark.parametrize("caller, callee", [(b"Max-Forwards: 10", "9"), (b"", "70")])
+def test_the_callees_invite_carries_the_callers_hop_count_less_one(
+        loop: asyncio.AbstractEventLoop, caller: bytes, callee: str) -> None:
+    rig = Rig(loop)
+    egress, offer = bridge(rig, invite().replace(b"Max-Forwards: 70\r\n", caller + b"\r\n" if caller else b""))
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    (out_invite,) = rig.sip.take()
+    assert out_invite.get("max-forwards") == callee  # none from the caller (RFC 2543): a fresh 70
+    callee_reply(rig, 486, out_invite)
+    rig.sip.take()
+    rig.controls[1].disconnect()
+    assert statuses(rig.sip.take()) == [486]
     rig.assert_nothing_left()

@@ -15,12 +15,15 @@ import pytest
 from switch.calls.addressing import LocalAddresses
 from switch.calls.leg import SendStateless
 from switch.calls.routing import OutboundRoutes
+from switch.sip.dns_records import Address, DnsRecords, Srv
+from switch.sip.locator import dns_lookup
 from switch.sip.message import SipRequest, SipResponse, make_response
 from switch.sip.resolver import Resolver
 from switch.tasks import events
 from switch.tasks.boundary import CallError
 from test_calls_addressing import DUAL_ROUTES, Probe
 from test_calls_engine import CALLEE, PHONE, SDP, Rig, bridge, callee_reply, from_caller, invite, statuses
+from test_sip_locator import FakeZone
 from test_sip_resolver import FakeDns
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -256,3 +259,79 @@ def test_shutdown_stops_waiting_for_lookups(loop: asyncio.AbstractEventLoop) -> 
     rig.run(asyncio.sleep(0.01))
     assert rig.engine._held == {} and rig.engine._lookups == set()
     assert events.disconnect(None, "switch shutting down") in rig.events[1]
+
+
+# ---------------------------------------------------------------------- RFC 3263: SRV servers, failover
+SERVERS = {("_sip._udp.gw.test", "SRV"): [Srv(10, 0, 5071, "gw1.test"), Srv(20, 0, 5072, "gw2.test")],
+           ("gw1.test", "A"): [Address(V4, "127.0.0.1")], ("gw2.test", "A"): [Address(V4, "127.0.0.2")]}
+FIRST, SECOND = ("127.0.0.1", 5071), ("127.0.0.2", 5072)
+
+
+def srv_gateway(rig: Rig, failover_timeout: float = 4.0) -> FakeZone:
+    """The rig with its default gateway at sip:gw.test (no port): two SRV servers."""
+    zone = FakeZone(SERVERS)
+    rig.engine.dns = DnsRecords(("127.0.0.1:5353",), clock=rig.loop.time, query=zone)
+    rig.engine.resolver = Resolver(rig.loop, lambda: rig.engine.addresses.families, lookup=dns_lookup(rig.engine.dns))
+    rig.engine.router.gateways = OutboundRoutes("sip:gw.test")
+    rig.engine.failover_timeout = failover_timeout
+    return zone
+
+
+def test_an_invite_answered_503_goes_to_the_next_srv_server_as_a_new_transaction(
+        loop: asyncio.AbstractEventLoop) -> None:
+    rig = Rig(loop)
+    srv_gateway(rig)
+    egress, offer = bridge(rig, invite(), PHONE)
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    ((first, to),) = sent(rig)
+    assert to == FIRST and first.uri == "sip:1000@gw.test"  # the Request-URI keeps the name (RFC 3263 §4)
+    rig.sip.deliver(make_response(first, 503, to_tag="busy"), FIRST)
+    (ack, to1), (second, to2) = sent(rig)  # (and nothing to the caller: it hears nothing of the 503)
+    assert (ack.method, to1) == ("ACK", FIRST) and to2 == SECOND  # the transaction layer ACKed the 503
+    # §4.3: the same request, a new Via branch (a new transaction).
+    assert (second.call_id, second.from_tag, str(second.cseq.number), second.body) == (
+        first.call_id, first.from_tag, str(first.cseq.number), first.body)
+    assert second.via.branch != first.via.branch
+    rig.sip.deliver(make_response(second, 486, to_tag="callee"), SECOND)
+    sent(rig)
+    rig.controls[1].disconnect()
+    assert statuses(rig.sip.take()) == [486]  # the last server's answer is the call's
+    rig.assert_nothing_left()
+
+
+def test_a_server_that_does_not_answer_at_all_is_given_up_after_the_failover_timeout(
+        loop: asyncio.AbstractEventLoop) -> None:
+    rig = Rig(loop)
+    srv_gateway(rig, failover_timeout=0.05)
+    egress, offer = bridge(rig, invite(), PHONE)
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    ((first, _),) = sent(rig)
+    rig.run(asyncio.sleep(0.1))
+    ((second, to),) = sent(rig)
+    assert to == SECOND and second.via.branch != first.via.branch
+    assert len(rig.sip.layer._client) == 1  # the first transaction is gone: no retransmissions to a dead server
+    assert rig.engine._silent == {}  # the last server keeps the whole Timer B
+    rig.sip.deliver(make_response(second, 100), SECOND)
+    rig.sip.deliver(make_response(second, 180, to_tag="callee"), SECOND)
+    assert statuses(rig.sip.take()) == [180]  # ringing reaches the caller
+    rig.sip.deliver(make_response(first, 180, to_tag="late"), FIRST)  # the abandoned server, too late: a stray
+    assert rig.sip.take() == []
+    rig.sip.deliver(make_response(second, 486, to_tag="callee"), SECOND)
+    rig.controls[1].disconnect()
+    assert statuses(rig.sip.take()) == ["ACK", 486]
+    rig.assert_nothing_left()
+
+
+def test_a_server_that_answers_keeps_the_call_even_if_slowly(loop: asyncio.AbstractEventLoop) -> None:
+    rig = Rig(loop)
+    srv_gateway(rig, failover_timeout=0.05)
+    egress, offer = bridge(rig, invite(), PHONE)
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    ((first, _),) = sent(rig)
+    rig.sip.deliver(make_response(first, 100), FIRST)  # alive: RFC 3261 §17.2.1's 100 Trying
+    rig.run(asyncio.sleep(0.1))
+    assert sent(rig) == [] and rig.engine._silent == {}
+    rig.sip.deliver(make_response(first, 486, to_tag="callee"), FIRST)  # its answer is the call's: no failover
+    rig.controls[1].disconnect()
+    assert statuses(rig.sip.take()) == ["ACK", 486]
+    rig.assert_nothing_left()

@@ -32,7 +32,7 @@ class FakeDns:
         self.asked: list[str] = []
         self.gate: asyncio.Future[None] | None = None
 
-    async def __call__(self, host: str) -> list[tuple[int, str]]:
+    async def __call__(self, host: str) -> tuple[list[tuple[int, str]], float | None]:
         self.asked.append(host)
         if self.gate is not None:
             await self.gate
@@ -40,7 +40,7 @@ class FakeDns:
         answer = self.table[host]
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return answer, None
 
 
 def resolver(loop: asyncio.AbstractEventLoop, dns: FakeDns, clock: Clock,

@@ -11,6 +11,7 @@ import ipaddress
 import pytest
 
 from switch.calls.engine import CallEngine
+from switch.calls.registrar import Registrar
 from switch.security.access import AccessPolicy, Trunk
 from switch.sip import transport as transport_mod
 from switch.sip.message import (
@@ -43,15 +44,16 @@ class _Sip:
         self.layer.send_response(txn, response, 0.0)
 
 
-def dispatch(data: bytes) -> list[SipResponse]:
-    """Parse ``data``, feed the layer and the engine; the responses the layer sends."""
+def dispatch(data: bytes, registrar: Registrar | None = None) -> list[SipResponse]:
+    """Parse ``data``, feed the layer and the engine (with ``registrar``: one that serves
+    REGISTER); the responses the layer sends."""
     loop = asyncio.new_event_loop()
     try:
         sip = _Sip()
         # The source is a trunk: these cases are about parsing, not about who may call.
         carrier = Trunk("carrier", (ipaddress.ip_network("192.0.2.0/24"),))
         engine = CallEngine(loop, sip, _Admission(), None, open_media=None,  # type: ignore[arg-type]
-                            launch=None, access=AccessPolicy([carrier]))  # type: ignore[arg-type]
+                            launch=None, access=AccessPolicy([carrier]), registrar=registrar)  # type: ignore[arg-type]
         sip.layer.receive(parse_message(data), SOURCE, 0.0)
         while (event := sip.layer.next_event()) is not None:
             engine.handle_sip_event(event)
