@@ -286,17 +286,17 @@ class Call:
 
     # ------------------------------------------------------------------ bridging
     def add_egress(self, bridge: Bridge, target: SipUri, addr: tuple[str, int], sink: TaskSink,
-                   credentials: Credentials | None = None) -> OutboundLeg:
+                   credentials: Credentials | None = None, srtp: bool = False) -> OutboundLeg:
         """The bridge's outbound leg to ``target`` at ``addr`` (an IP: ``CallEngine.resolve``
         looked its name up), owned by the task behind ``sink``: the caller's identity, the
-        caller's codec offered first, media in ``addr``'s family."""
+        caller's codec offered first, media in ``addr``'s family; ``srtp``: offer RTP/SAVP (the route says so)."""
         if self.stopping:
             raise CallError(f"StartBridgedCall: the call has ended ({self.stop_reason})")
         ingress = self.ingress
         caller = NameAddr.parse(ingress.invite.headers["from"][0])
         leg = OutboundLeg(target, addr, caller, callee_codecs(ingress.sdp.predicted_codec()),
                           self.engine.local_for(addr[0]), self.now(), over_tcp=self.engine.has_connection(addr),
-                          credentials=credentials)
+                          credentials=credentials, srtp=srtp)
         self.legs.append(leg)
         self.history.append(leg)
         self.engine.adopt(self, leg)

@@ -1,0 +1,80 @@
+"""SRTP and SRTCP (RFC 3711) for one leg, with the keys SDES negotiated (media/sdes.py).
+
+libsrtp does the cryptography (through pylibsrtp, the binding aiortc maintains); this
+module gives a leg one object with the four operations it needs and one error type.
+Two libsrtp sessions per leg: one sends with our key (any SSRC we send from, so a new
+SSRC after a re-INVITE needs nothing new), one receives with the peer's (any SSRC the
+peer sends from). Each keeps its own rollover counter and replay window (RFC 3711
+§3.3.1, §3.3.2), so a retransmitted or replayed packet fails like a forged one.
+
+A re-key (a re-INVITE with a new key, RFC 4568 §7.1.4) is a new ``SrtpContext``: the
+leg replaces the whole object when its ``SrtpKeys`` change (media/session.py).
+
+Measured cost: bench/srtp_cost.py (numbers in bench/README.md).
+"""
+
+from __future__ import annotations
+
+import pylibsrtp
+
+from .sdes import SUITES, SrtpKeys
+
+# Suite name (RFC 4568 §6.2, RFC 7714 §12) -> libsrtp profile.
+_PROFILES: dict[str, int] = {
+    "AES_CM_128_HMAC_SHA1_80": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    "AES_CM_128_HMAC_SHA1_32": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+    "AEAD_AES_128_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+    "AEAD_AES_256_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+}
+assert set(_PROFILES) == set(SUITES), "media/sdes.py and media/srtp.py must list the same suites"
+
+
+class SrtpError(ValueError):
+    """A packet could not be protected or unprotected: failed authentication, a replay,
+    a packet too short to be SRTP. The packet is dropped; the message says why."""
+
+
+class SrtpContext:
+    """The SRTP state of one leg for one pair of keys."""
+
+    __slots__ = ("suite", "_tx", "_rx")
+
+    def __init__(self, keys: SrtpKeys) -> None:
+        profile = _PROFILES.get(keys.suite)
+        if profile is None:
+            raise ValueError(f"SRTP suite {keys.suite} is not supported (we have {', '.join(_PROFILES)})")
+        self.suite = keys.suite
+        try:
+            self._tx = pylibsrtp.Session(pylibsrtp.Policy(
+                key=keys.tx_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
+            self._rx = pylibsrtp.Session(pylibsrtp.Policy(
+                key=keys.rx_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
+        except (pylibsrtp.Error, ValueError) as exc:  # (the message never holds the key)
+            raise ValueError(f"SRTP {keys.suite}: libsrtp refused the keys: {exc}") from None
+
+    def protect_rtp(self, packet: bytes) -> bytes:
+        try:
+            return self._tx.protect(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise SrtpError(f"SRTP protect failed: {exc}") from None
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        try:
+            return self._tx.protect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise SrtpError(f"SRTCP protect failed: {exc}") from None
+
+    def unprotect_rtp(self, packet: bytes) -> bytes:
+        try:
+            return self._rx.unprotect(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise SrtpError(f"SRTP {exc}") from None
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        try:
+            return self._rx.unprotect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise SrtpError(f"SRTCP {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"<SrtpContext {self.suite}>"
