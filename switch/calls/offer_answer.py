@@ -67,7 +67,10 @@ class OfferAnswerError(Exception):
     def headers(self) -> dict[str, str | list[str]]:
         """RFC 3261 §20.43: 305 "Incompatible media format" or 301 "Incompatible network
         address formats" says why a 488 was sent."""
-        return {"warning": f'{self.warning} - "{self.detail}"'} if self.status == 488 else {}
+        if self.status != 488:
+            return {}
+        text = self.detail.replace("\\", "\\\\").replace('"', '\\"')  # a quoted-string (RFC 3261 §25.1)
+        return {"warning": f'{self.warning} - "{text}"'}
 
 
 def parse_offer(body: bytes, families: Collection[int] = tuple(FAMILIES.values()),

@@ -128,7 +128,9 @@ def sip_request(
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
 
 
-def sdp_offer(rtp_port: int, pts: str = "0 101", host: str = LOCALHOST) -> str:
+def sdp_offer(rtp_port: int, pts: str = "0 101", host: str = LOCALHOST, proto: str = "RTP/AVP",
+              attributes: Sequence[str] = ()) -> str:
+    """An audio offer; ``proto`` RTP/SAVP with ``attributes`` ["crypto:1 ..."] for SRTP."""
     maps = {
         "0": "a=rtpmap:0 PCMU/8000",
         "8": "a=rtpmap:8 PCMA/8000",
@@ -142,10 +144,10 @@ def sdp_offer(rtp_port: int, pts: str = "0 101", host: str = LOCALHOST) -> str:
         "s=-",
         f"c=IN {addrtype} {host}",
         "t=0 0",
-        f"m=audio {rtp_port} RTP/AVP {pts}",
+        f"m=audio {rtp_port} {proto} {pts}",
     ]
     lines += [maps[pt] for pt in pts.split() if pt in maps]
-    lines += ["a=ptime:20", "a=sendrecv"]
+    lines += ["a=ptime:20", "a=sendrecv", *(f"a={a}" for a in attributes)]
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -1081,14 +1083,14 @@ class RawCall:
     (e.g. learn the switch's media port, then send RTP there from another socket)."""
 
     def __init__(self, target: tuple[str, int], sdp_port: int, *, user: str = "service",
-                 pts: str = "0 101") -> None:  # fmt: skip
+                 pts: str = "0 101", sdp: str | None = None) -> None:  # fmt: skip
         self.target = target
         self.sock = SipSocket()
         self.call_id = uuid.uuid4().hex + "@" + LOCALHOST
         self.from_tag = uuid.uuid4().hex[:8]
         self.branch = "z9hG4bK-" + uuid.uuid4().hex[:16]
         self.user = user
-        self.sdp = sdp_offer(sdp_port, pts)
+        self.sdp = sdp if sdp is not None else sdp_offer(sdp_port, pts)
         self.final: SipMessage | None = None
         self.cseq = 1
 

@@ -43,7 +43,7 @@ def test_plain_offer_answered_plain_and_policies_decide():
     with pytest.raises(OfferAnswerError) as info:
         parse_offer(offer("RTP/AVP"), srtp="required")
     assert info.value.status == 488 and info.value.warning == 302
-    assert 'srtp = "required"' in info.value.headers["warning"]
+    assert 'srtp = "required"' in info.value.detail and 'srtp = \\"required\\"' in info.value.headers["warning"]
     with pytest.raises(OfferAnswerError) as info:
         parse_offer(offer("RTP/SAVP", f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY1}"), srtp="off")
     assert (info.value.status, info.value.warning) == (488, 302)

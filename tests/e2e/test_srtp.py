@@ -1,0 +1,177 @@
+"""SDES-SRTP against the real switch (issue 9 point 6; RFC 4568 keys, RFC 3711 packets).
+
+* a caller of our own offers RTP/SAVP with a key of its own: the switch answers RTP/SAVP
+  with its key, and the greeting that arrives is SRTP (not G.711 on the wire) that this
+  test decrypts with those keys (media/srtp.py, libsrtp); forged packets it sends are
+  dropped with one log line and the call goes on;
+* a pjsua2 phone with SRTP mandatory calls the greeting app and hears it;
+* the same phone calls through the bridge app to a SIPp callee on plain RTP that echoes
+  (the relay between the two legs sees plain RTP) and hears itself;
+* an RTP/SAVP offer with only suites we lack gets 488 (Warning 306), and with
+  ``--srtp required`` a plain offer gets 488 (Warning 302).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media.sdes import CryptoAttribute, SrtpKeys
+from media.srtp import SrtpContext, SrtpError
+
+from .harness import (
+    LOCALHOST,
+    RawCall,
+    RtpSink,
+    build_rtp,
+    dbfs,
+    free_tcp_port,
+    free_udp_port,
+    g711_decode,
+    hostport,
+    sdp_offer,
+    start_bridge_switch,
+    stop_clean,
+    write_tone_wav,
+)
+from .phone import Phone
+
+pytestmark = pytest.mark.e2e
+
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+TAG_BYTES = 10  # HMAC-SHA1-80 (RFC 3711 §4.2)
+
+
+def control(*extra: str) -> list[str]:
+    return ["--control", f"{LOCALHOST}:{free_tcp_port()}", *extra]
+
+
+def test_the_greeting_reaches_an_srtp_caller_encrypted_and_decrypts_with_the_answered_key(switch, rtp_sink: RtpSink):
+    sw = switch("hold_then_continue", control())
+    our_key = os.urandom(30)
+    offer = sdp_offer(rtp_sink.port, "0 101", proto="RTP/SAVP",
+                      attributes=[f"crypto:1 {SUITE} inline:{base64.b64encode(our_key).decode()}"])
+    call = RawCall(sw.sip_addr, rtp_sink.port, sdp=offer)
+    try:
+        final = call.invite()
+        assert final.status == 200, final.text
+        call.ack()
+        # RFC 4568 §7.1.2: the answer is RTP/SAVP with our tag and suite, and a key of its own.
+        assert re.search(r"^m=audio \d+ RTP/SAVP 0 101", final.body, re.M), final.body
+        lines = re.findall(r"^a=crypto:(.+)$", final.body, re.M)
+        assert len(lines) == 1, final.body
+        answered = CryptoAttribute.parse(lines[0].strip())
+        assert (answered.tag, answered.suite) == (1, SUITE) and answered.key != our_key
+        ours = SrtpContext(SrtpKeys(SUITE, our_key, answered.key))
+        assert rtp_sink.wait_for(40, timeout=3, pt=0), "no RTP from the switch"
+        # Forged packets (right header, wrong key) from our own address: dropped, logged once.
+        forger = SrtpContext(SrtpKeys(SUITE, os.urandom(30), os.urandom(30)))
+        for i in range(25):
+            forged = forger.protect_rtp(build_rtp(0, 1000 + i, 160 * i, 0xBAD, b"\xff" * 160))
+            rtp_sink.sock.sendto(forged, call.media_addr())
+        time.sleep(0.5)
+    finally:
+        assert call.bye() == 200
+        call.close()
+    packets = rtp_sink.snapshot(0)
+    # On the wire: 160 bytes of G.711 + the 80-bit tag, and not the greeting's bytes.
+    assert all(len(p.payload) == 160 + TAG_BYTES for p in packets), {len(p.payload) for p in packets}
+    plain = []
+    for p in packets:
+        try:
+            plain.append(ours.unprotect_rtp(build_rtp(p.pt, p.seq, p.ts, p.ssrc, p.payload, p.marker))[12:])
+        except SrtpError as exc:
+            raise AssertionError(f"packet seq {p.seq} does not decrypt with the answered key: {exc}") from None
+    heard = np.concatenate([g711_decode(b, 0) for b in plain])
+    assert dbfs(heard) > -25, f"decrypted tone at {dbfs(heard):.1f} dBFS"
+    spectrum = np.abs(np.fft.rfft(heard[:8000]))
+    assert abs(int(np.argmax(spectrum)) - 440) <= 5, "the decrypted audio is not tone.wav's 440 Hz"
+    wire = np.concatenate([g711_decode(p.payload[:160], 0) for p in packets])
+    wire_peak = np.abs(np.fft.rfft(wire[:8000]))
+    assert wire_peak[435:446].max() < 0.2 * spectrum[435:446].max(), "the wire carries the tone in the clear"
+    log = sw.log_text()
+    assert f"SRTP {SUITE} (on)" in log
+    drops = re.findall(r"SRTP packet from [\d.:]+ dropped \(SRTP authentication failure\)", log)
+    assert len(drops) == 1, log[-3000:]
+    assert our_key.hex() not in log and base64.b64encode(our_key).decode() not in log
+    assert base64.b64encode(answered.key).decode() not in log
+    stop_clean(sw)
+
+
+@pytest.fixture
+def phone_tone(tmp_path: Path) -> Path:
+    return write_tone_wav(tmp_path / "phone-tone.wav", 2.0, freq=440, level=0.3)
+
+
+def assert_phone_used_srtp(phone: Phone) -> str:
+    """The phone's media ran SRTP (pjsua's call dump), on an RTP/SAVP answer from us."""
+    media = phone.wait_event("media")
+    assert media["srtp"], "pjsua2 reports no active SRTP\n" + phone.describe()
+    log = phone.log_path.read_text(errors="replace")
+    assert re.search(r"m=audio \d+ RTP/SAVP", log) and "a=crypto:" in log, "no RTP/SAVP SDP in the pjsua log"
+    return str(media["srtp"])
+
+
+def test_an_srtp_phone_hears_the_greeting(switch, tmp_path: Path):
+    sw = switch("greeting", control())
+    with Phone(auto_answer_ms=None, srtp=True, workdir=tmp_path / "phone") as phone:
+        phone.call(f"sip:service@{sw.sip_target}")
+        phone.wait_event("confirmed", timeout=5)
+        gone = phone.wait_event("disconnected", timeout=15)  # the greeting ends: the switch's BYE
+        assert gone["code"] == 200 and gone["duration"] > 1.0, gone
+        suite = assert_phone_used_srtp(phone)
+        heard = phone.recorded_dbfs()
+        assert heard > -35, f"the phone heard {heard:.1f} dBFS\n" + phone.describe()
+    assert f"SRTP {suite} (on)" in sw.log_text()
+    stop_clean(sw)
+
+
+def test_an_srtp_phone_bridged_to_a_plain_rtp_callee_hears_its_echo(switch, bridge_app, sipp_bg, phone_tone: Path,
+                                                                   tmp_path: Path):
+    sip_port = free_udp_port()
+    uas = sipp_bg("sn:uas", hostport(LOCALHOST, 9), sip_port=sip_port, timeout=25, extra_args=["-rtp_echo"])
+    time.sleep(0.15)
+    assert uas.running(), uas.wait(1).describe()
+    sw = start_bridge_switch(switch, bridge_app(), sip_port)
+    with Phone(tone_wav=phone_tone, auto_answer_ms=None, srtp=True, workdir=tmp_path / "phone") as phone:
+        phone.call(f"sip:1000@{sw.sip_target}")
+        phone.wait_event("confirmed", timeout=5)
+        time.sleep(3.0)
+        phone.hangup()
+        phone.wait_event("disconnected", timeout=5)
+        suite = assert_phone_used_srtp(phone)
+        heard = phone.recorded_dbfs()
+        assert heard > -30, f"the phone heard its echo at {heard:.1f} dBFS\n" + phone.describe()
+    res = uas.wait()
+    assert res.ok, res.describe()
+    invite = res.received("INVITE")[0]
+    assert re.search(r"^m=audio \d+ RTP/AVP ", invite.body, re.M) and "crypto" not in invite.body, invite.text
+    assert f"SRTP {suite} (on)" in sw.log_text()
+    stop_clean(sw)
+
+
+def test_an_srtp_offer_with_only_unknown_suites_gets_488(switch, sipp, rtp_sink: RtpSink):
+    sw = switch("greeting")
+    res = sipp("uac_savp_unknown_suite_488", sw, keys={"rtpport": rtp_sink.port}, timeout=10)
+    assert res.ok, res.describe()
+    refused = res.received("INVITE", 488)[0]
+    warning = refused.header("Warning") or ""
+    assert warning.startswith('306 - "SDP offer\'s RTP/SAVP audio has no a=crypto we support'), refused.text
+    assert "F8_128_HMAC_SHA1_80 is not supported" in warning and "SEED_CTR_128_HMAC_SHA1_80" in warning
+    assert not res.received("INVITE", 200) and rtp_sink.count() == 0
+
+
+def test_with_srtp_required_a_plain_offer_gets_488(switch, sipp, rtp_sink: RtpSink):
+    sw = switch("greeting", ["--srtp", "required"])
+    res = sipp("uac_expect_final", sw, keys={"rtpport": rtp_sink.port}, timeout=10)
+    assert res.ok, res.describe()
+    assert res.final_status() == 488, res.describe()
+    warning = res.received("INVITE", 488)[0].header("Warning") or ""
+    assert warning.startswith('302 - "this switch requires SRTP (srtp = \\"required\\")'), warning
+    assert rtp_sink.count() == 0
