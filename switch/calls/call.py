@@ -194,9 +194,11 @@ class Call:
         if media is not None:
             stats = self.rtp_stats[leg] = media.stats()
             media.close()
-            leg.log.info("%s %s ended (%s) after %.1f s; rtp sent %s/%s B, received %s/%s B; %s",
+            keys = leg.sdp.params.srtp if leg.sdp.params is not None else None
+            srtp = f" srtp={keys.suite} srtp_dropped={stats.get('srtp_dropped')}" if keys is not None else ""
+            leg.log.info("%s %s ended (%s) after %.1f s; rtp sent %s/%s B, received %s/%s B; %s%s",
                          leg.kind, leg.call_id, ended.reason, age, stats["packets_sent"], stats["bytes_sent"],
-                         stats["packets_received"], stats["bytes_received"], _quality(stats))
+                         stats["packets_received"], stats["bytes_received"], _quality(stats), srtp)
         else:
             leg.log.info("%s %s ended (%s)", leg.kind, leg.call_id, ended.reason)
         control = self._controls.get(leg)
@@ -346,6 +348,8 @@ class Call:
             "state": leg.state.name.lower(),
             "task": sink.tid if sink is not None else None,
             "codec": params.codec if params is not None else None,
+            # the SRTP suite (RFC 4568) when the leg's media is encrypted, else None
+            "srtp": params.srtp.suite if params is not None and params.srtp is not None else None,
             "rtp": media.stats() if media is not None else None,
         }
 

@@ -1144,6 +1144,24 @@ class RawCall:
         self._send("ACK", self.remote_target, 1, "z9hG4bK-" + uuid.uuid4().hex[:16],
                    self.final.to_tag)  # fmt: skip
 
+    def reinvite(self, sdp: str, timeout: float = 5.0) -> SipMessage:
+        """A re-INVITE with a new offer (RFC 3261 §14.1); its 2xx is ACKed. Returns the
+        final response (``self.final`` stays the dialog's first 200)."""
+        assert self.final is not None
+        self.cseq += 1
+        self._send("INVITE", self.remote_target, self.cseq, "z9hG4bK-" + uuid.uuid4().hex[:16],
+                   self.final.to_tag, sdp)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for data in self.sock.recv_all(deadline - time.monotonic()):
+                m = self._msg(data)
+                if m.status is not None and m.status >= 200 and m.method == "INVITE" and m.cseq == self.cseq:
+                    if m.status == 200:
+                        self._send("ACK", self.remote_target, self.cseq, "z9hG4bK-" + uuid.uuid4().hex[:16],
+                                   self.final.to_tag)  # fmt: skip
+                    return m
+        raise AssertionError("no final response to the re-INVITE")
+
     def bye(self, timeout: float = 3.0) -> int | None:
         assert self.final is not None
         self.cseq += 1

@@ -26,20 +26,26 @@ from media.sdes import CryptoAttribute, SrtpKeys
 from media.srtp import SrtpContext, SrtpError
 
 from .harness import (
+    ANSWER,
     LOCALHOST,
     RawCall,
     RtpSink,
+    SipMessage,
     build_rtp,
     dbfs,
     free_tcp_port,
     free_udp_port,
     g711_decode,
     hostport,
+    media_dest,
     sdp_offer,
     start_bridge_switch,
     stop_clean,
+    tone,
+    voiced_audio,
     write_tone_wav,
 )
+from .harness import RtpPacket as SinkPacket
 from .phone import Phone
 
 pytestmark = pytest.mark.e2e
@@ -52,23 +58,44 @@ def control(*extra: str) -> list[str]:
     return ["--control", f"{LOCALHOST}:{free_tcp_port()}", *extra]
 
 
+def savp_offer(port: int, key: bytes) -> str:
+    """Our RTP/SAVP offer with one crypto line: tag 1, SUITE, ``key`` (the key we send with)."""
+    return sdp_offer(port, "0 101", proto="RTP/SAVP",
+                     attributes=[f"crypto:1 {SUITE} inline:{base64.b64encode(key).decode()}"])
+
+
+def answered_key(response: SipMessage, our_key: bytes) -> bytes:
+    """The switch's key from its answer, checked as RFC 4568 §7.1.2 says: RTP/SAVP, one
+    crypto line with our tag and suite, and a key of its own."""
+    assert response.status == 200, response.text
+    assert re.search(r"^m=audio \d+ RTP/SAVP 0 101", response.body, re.M), response.body
+    lines = re.findall(r"^a=crypto:(.+)$", response.body, re.M)
+    assert len(lines) == 1, response.body
+    answered = CryptoAttribute.parse(lines[0].strip())
+    assert (answered.tag, answered.suite) == (1, SUITE) and answered.key != our_key
+    return answered.key
+
+
+def decrypted(keys: SrtpKeys, packets: list[SinkPacket]) -> list[bytes]:
+    """The payloads of ``packets`` (as a sink recorded them: header fields + SRTP payload)
+    decrypted with a fresh context for ``keys``; AssertionError naming the first that fails."""
+    ctx = SrtpContext(keys)
+    out = []
+    for p in packets:
+        try:
+            out.append(ctx.unprotect_rtp(build_rtp(p.pt, p.seq, p.ts, p.ssrc, p.payload, p.marker))[12:])
+        except SrtpError as exc:
+            raise AssertionError(f"packet seq {p.seq} does not decrypt: {exc}") from None
+    return out
+
+
 def test_the_greeting_reaches_an_srtp_caller_encrypted_and_decrypts_with_the_answered_key(switch, rtp_sink: RtpSink):
     sw = switch("hold_then_continue", control())
     our_key = os.urandom(30)
-    offer = sdp_offer(rtp_sink.port, "0 101", proto="RTP/SAVP",
-                      attributes=[f"crypto:1 {SUITE} inline:{base64.b64encode(our_key).decode()}"])
-    call = RawCall(sw.sip_addr, rtp_sink.port, sdp=offer)
+    call = RawCall(sw.sip_addr, rtp_sink.port, sdp=savp_offer(rtp_sink.port, our_key))
     try:
-        final = call.invite()
-        assert final.status == 200, final.text
+        their_key = answered_key(call.invite(), our_key)
         call.ack()
-        # RFC 4568 §7.1.2: the answer is RTP/SAVP with our tag and suite, and a key of its own.
-        assert re.search(r"^m=audio \d+ RTP/SAVP 0 101", final.body, re.M), final.body
-        lines = re.findall(r"^a=crypto:(.+)$", final.body, re.M)
-        assert len(lines) == 1, final.body
-        answered = CryptoAttribute.parse(lines[0].strip())
-        assert (answered.tag, answered.suite) == (1, SUITE) and answered.key != our_key
-        ours = SrtpContext(SrtpKeys(SUITE, our_key, answered.key))
         assert rtp_sink.wait_for(40, timeout=3, pt=0), "no RTP from the switch"
         # Forged packets (right header, wrong key) from our own address: dropped, logged once.
         forger = SrtpContext(SrtpKeys(SUITE, os.urandom(30), os.urandom(30)))
@@ -80,14 +107,9 @@ def test_the_greeting_reaches_an_srtp_caller_encrypted_and_decrypts_with_the_ans
         assert call.bye() == 200
         call.close()
     packets = rtp_sink.snapshot(0)
-    # On the wire: 160 bytes of G.711 + the 80-bit tag, and not the greeting's bytes.
+    # On the wire: 160 bytes of G.711 + the 80-bit tag, and not the tone's bytes.
     assert all(len(p.payload) == 160 + TAG_BYTES for p in packets), {len(p.payload) for p in packets}
-    plain = []
-    for p in packets:
-        try:
-            plain.append(ours.unprotect_rtp(build_rtp(p.pt, p.seq, p.ts, p.ssrc, p.payload, p.marker))[12:])
-        except SrtpError as exc:
-            raise AssertionError(f"packet seq {p.seq} does not decrypt with the answered key: {exc}") from None
+    plain = decrypted(SrtpKeys(SUITE, our_key, their_key), packets)
     heard = np.concatenate([g711_decode(b, 0) for b in plain])
     assert dbfs(heard) > -25, f"decrypted tone at {dbfs(heard):.1f} dBFS"
     spectrum = np.abs(np.fft.rfft(heard[:8000]))
@@ -99,8 +121,49 @@ def test_the_greeting_reaches_an_srtp_caller_encrypted_and_decrypts_with_the_ans
     assert f"SRTP {SUITE} (on)" in log
     drops = re.findall(r"SRTP packet from [\d.:]+ dropped \(SRTP authentication failure\)", log)
     assert len(drops) == 1, log[-3000:]
+    assert f"srtp={SUITE} srtp_dropped=25" in log, log[-3000:]  # the leg's end-of-call line
     assert our_key.hex() not in log and base64.b64encode(our_key).decode() not in log
-    assert base64.b64encode(answered.key).decode() not in log
+    assert base64.b64encode(their_key).decode() not in log
+    stop_clean(sw)
+
+
+def test_a_reinvite_with_a_new_key_re_keys_the_leg(switch, rtp_sink: RtpSink):
+    """RFC 4568 §7.1.4: new keys in a re-INVITE's offer; the answer brings the switch's new
+    key; from then on both directions use the new keys and the old ones fail."""
+    sw = switch("hold_then_continue", control())
+    key1, key2 = os.urandom(30), os.urandom(30)
+    call = RawCall(sw.sip_addr, rtp_sink.port, sdp=savp_offer(rtp_sink.port, key1))
+    try:
+        switch1 = answered_key(call.invite(), key1)
+        call.ack()
+        assert rtp_sink.wait_for(20, timeout=3, pt=0), "no RTP from the switch"
+        sent_reinvite = time.monotonic()
+        switch2 = answered_key(call.reinvite(savp_offer(rtp_sink.port, key2)), key2)
+        rekeyed = time.monotonic()
+        assert switch2 != switch1
+        time.sleep(0.6)
+        # What we send: 10 packets with the new key (taken), 10 with the old one (dropped).
+        new_tx, old_tx = SrtpContext(SrtpKeys(SUITE, key2, switch2)), SrtpContext(SrtpKeys(SUITE, key1, switch1))
+        for i in range(20):
+            ctx = new_tx if i < 10 else old_tx
+            rtp_sink.sock.sendto(ctx.protect_rtp(build_rtp(0, 7000 + i, 160 * i, 0xC0FFEE, b"\xff" * 160)),
+                                 call.media_addr())
+            time.sleep(0.005)
+        time.sleep(0.2)
+    finally:
+        assert call.bye() == 200
+        call.close()
+    before = [p for p in rtp_sink.snapshot(0) if p.mono < sent_reinvite]
+    after = [p for p in rtp_sink.snapshot(0) if p.mono > rekeyed + 0.05]
+    assert len(before) >= 20 and len(after) >= 20, (len(before), len(after))
+    decrypted(SrtpKeys(SUITE, key1, switch1), before)
+    decrypted(SrtpKeys(SUITE, key2, switch2), after)
+    with pytest.raises(AssertionError, match="does not decrypt"):
+        decrypted(SrtpKeys(SUITE, key1, switch1), after[-5:])
+    log = sw.log_text()
+    assert f"SRTP {SUITE} (re-keyed)" in log, log[-3000:]
+    ended = re.search(r"call \S+ ended .*received (\d+)/\d+ B;.* srtp_dropped=(\d+)", log)
+    assert ended and ended.groups() == ("10", "10"), log[-3000:]
     stop_clean(sw)
 
 
@@ -175,3 +238,30 @@ def test_with_srtp_required_a_plain_offer_gets_488(switch, sipp, rtp_sink: RtpSi
     warning = res.received("INVITE", 488)[0].header("Warning") or ""
     assert warning.startswith('302 - "this switch requires SRTP (srtp = \\"required\\")'), warning
     assert rtp_sink.count() == 0
+
+
+def test_a_gateway_route_with_srtp_offers_it_to_an_srtp_only_callee(switch, bridge_app, sipp_bg, rtp_sink: RtpSink,
+                                                                   phone_tone: Path, tmp_path: Path):
+    """gateway_srtp = true: the plain caller's call reaches the pjsua2 callee (SRTP
+    mandatory: it would refuse RTP/AVP with 488) as RTP/SAVP, and audio flows both ways."""
+    with Phone(tone_wav=phone_tone, auto_answer_ms=300, srtp=True, workdir=tmp_path / "phone") as phone:
+        config = tmp_path / "srtp.toml"
+        config.write_text("gateway_srtp = true\n")
+        sw = start_bridge_switch(switch, bridge_app(), phone.port, "--config", str(config))
+        uac = sipp_bg("uac_hangup", sw, keys={"rtpport": rtp_sink.port}, pause_ms=3000, timeout=15)
+        to_caller, _ = media_dest(uac, ANSWER)
+        phone.wait_event("confirmed", timeout=5)
+        rtp_sink.send_stream(to_caller, 1.5, 0, tone(1.5, 1000, 0.3))
+        rc = uac.wait()
+        assert rc.ok, rc.describe() + "\n" + phone.describe()
+        phone.wait_event("disconnected", timeout=5)
+        suite = assert_phone_used_srtp(phone)
+        heard = phone.recorded_dbfs()
+        assert heard > -30, f"the phone heard {heard:.1f} dBFS\n" + phone.describe()
+        # The plain caller got a plain answer and the phone's tone.
+        assert re.search(r"^m=audio \d+ RTP/AVP ", rc.received("INVITE", 200)[0].body, re.M)
+        rtp_sink.wait_quiet(0.3, timeout=3)
+        voiced = voiced_audio(rtp_sink, 0)
+        assert len(voiced) >= 8000 * 1.0, f"{len(voiced) / 8000:.2f}s of the phone's tone reached the caller"
+    assert f"SRTP {suite} (on)" in sw.log_text()
+    stop_clean(sw)
