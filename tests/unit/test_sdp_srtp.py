@@ -115,3 +115,15 @@ def test_outbound_leg_offers_srtp_when_its_route_says_so_and_keeps_its_keys():
     assert info.value.warning == 302 and secure.params.srtp is not None
     with pytest.raises(ValueError, match="srtp must be one of"):
         OfferAnswer("127.0.0.1", srtp="sometimes")
+
+
+def test_a_late_offer_under_srtp_required_is_ours_in_rtp_savp():
+    """An INVITE without SDP: our 200 offers (RFC 3264 §5); with srtp = "required" that
+    offer is RTP/SAVP, and the ACK's answer must take one of its crypto lines."""
+    leg = OfferAnswer("127.0.0.1", None, srtp="required", offer_srtp=True)
+    leg.media_opened(7000)
+    assert b"RTP/SAVP" in leg.local_sdp()
+    with pytest.raises(OfferAnswerError):
+        leg.take_answer(offer("RTP/AVP"))
+    params = leg.take_answer(offer("RTP/SAVP", f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY1}"))
+    assert params.srtp is not None and params.srtp.rx_key == base64.b64decode(KEY1)
