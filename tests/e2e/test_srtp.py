@@ -47,6 +47,7 @@ from .harness import (
 )
 from .harness import RtpPacket as SinkPacket
 from .phone import Phone
+from .test_metrics import metric, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +123,8 @@ def test_the_greeting_reaches_an_srtp_caller_encrypted_and_decrypts_with_the_ans
     drops = re.findall(r"SRTP packet from [\d.:]+ dropped \(SRTP authentication failure\)", log)
     assert len(drops) == 1, log[-3000:]
     assert f"srtp={SUITE} srtp_dropped=25" in log, log[-3000:]  # the leg's end-of-call line
+    counted = wait_for(sw, lambda s: metric(s, "softswitch_srtp_packets_dropped_total") == 25)
+    assert metric(counted, "softswitch_srtp_packets_dropped_total") == 25
     assert our_key.hex() not in log and base64.b64encode(our_key).decode() not in log
     assert base64.b64encode(their_key).decode() not in log
     stop_clean(sw)
