@@ -11,10 +11,14 @@ What we take (each refused line gets a reason the 488's Warning quotes):
 
 * suites AES_CM_128_HMAC_SHA1_80 and _32 (RFC 4568 §6.2), AEAD_AES_128_GCM and
   AEAD_AES_256_GCM (RFC 7714 §12): what libsrtp (pylibsrtp) implements for us;
-* one key per line, without an MKI: libsrtp's MKI is not reachable through pylibsrtp,
-  and several keys per line only make sense with one;
-* a lifetime of at least 2^31 packets: we never re-key on our own, so a shorter one is
-  a promise we could break (2^20 packets is under six hours at 50 packets/s);
+* one key per line. Its MKI (RFC 3711 §3.1: an index the sender puts in every packet,
+  before the tag, outside what the tag covers) is taken with the AES-CM suites: with one
+  key there is one MKI to check and strip from what arrives (media/srtp.py; pylibsrtp
+  cannot configure libsrtp's own). Several keys per line (a key list, switched by MKI)
+  and an MKI with the AEAD suites are refused;
+* any lifetime: it bounds the packets its *sender* may protect with that key (§6.1), so
+  a peer's lifetime is the peer's to keep (it re-keys with a re-INVITE, which we take);
+  our own lines carry none (libsrtp's limits, RFC 3711 §9.2, apply);
 * no session parameters (KDR, UNENCRYPTED_SRTP, FEC_ORDER, ...; §6.3): each changes the
   transform, which we would get wrong silently. WSH (a window size hint) is the
   exception: it asks for nothing we must do.
@@ -41,7 +45,6 @@ SUITES: dict[str, int] = {
 # What our offers list, in our order of preference: the RFC 4568 mandatory suite first
 # (every SDES peer has it), then the short tag (cheaper on the wire), then AEAD.
 OFFERED_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32", "AEAD_AES_128_GCM", "AEAD_AES_256_GCM")
-MIN_LIFETIME = 2**31
 SRTP_PROFILE = "RTP/SAVP"
 _TAG = re.compile(r"^[0-9]{1,9}$")
 _LIFETIME = re.compile(r"^(?:2\^([0-9]{1,2})|([0-9]{1,20}))$")
@@ -118,15 +121,25 @@ class CryptoAttribute:
         if len(self.key) != SUITES[self.suite]:
             raise UnsupportedCrypto(f"{self.suite} needs a {SUITES[self.suite]}-byte key and salt, "
                                     f"the line has {len(self.key)}")
-        if self.extra_keys or self.mki is not None:
-            raise UnsupportedCrypto(f"{self.suite} line {self.tag}: an MKI or several keys are not supported")
-        if self.lifetime is not None and self.lifetime < MIN_LIFETIME:
-            raise UnsupportedCrypto(f"{self.suite} line {self.tag}: a key lifetime under 2^31 packets is not "
-                                    "supported (we do not re-key mid-call)")
+        if self.extra_keys:
+            raise UnsupportedCrypto(f"{self.suite} line {self.tag}: several keys (an MKI key list) are not supported")
+        if self.mki is not None:
+            value, length = self.mki
+            if self.suite.startswith("AEAD_"):
+                raise UnsupportedCrypto(f"{self.suite} line {self.tag}: an MKI with an AEAD suite is not supported")
+            if not 1 <= length <= 128 or value >= 256**length:
+                raise UnsupportedCrypto(f"{self.suite} line {self.tag}: MKI {value}:{length} does not fit "
+                                        "its length (1-128 bytes)")
         unknown = [p for p in self.session_params if not p.startswith("WSH=")]
         if unknown:
             raise UnsupportedCrypto(f"{self.suite} line {self.tag}: session parameter {unknown[0].split('=')[0]} "
                                     "is not supported")
+
+
+    @property
+    def mki_bytes(self) -> bytes | None:
+        """The MKI as it appears in each packet (RFC 3711 §3.1), None without one."""
+        return self.mki[0].to_bytes(self.mki[1], "big") if self.mki is not None else None
 
 
 def new_key(suite: str, random: KeySource = os.urandom) -> bytes:
@@ -157,11 +170,13 @@ def pick(lines: list[str]) -> tuple[CryptoAttribute | None, list[str]]:
 @dataclass(frozen=True)
 class SrtpKeys:
     """The negotiated SRTP of one leg: the suite, the key we send with (ours) and the key
-    we receive with (the peer's). ``repr()`` shows the suite only: keys are never logged."""
+    we receive with (the peer's), and the MKI the peer's packets carry, if its line had
+    one. ``repr()`` shows the suite only: keys are never logged."""
 
     suite: str
     tx_key: bytes = field(repr=False)
     rx_key: bytes = field(repr=False)
+    rx_mki: bytes | None = field(default=None, repr=False)
 
 
 def _masked(value: str) -> str:

@@ -512,7 +512,7 @@ def answer_offer(
             same = keep is not None and (keep.suite, keep.rx_key) == (crypto.suite, crypto.key)
             ours = keep.tx_key if same and keep is not None else sdes.new_key(crypto.suite, random)
             am.attributes.append(("crypto", str(sdes.CryptoAttribute(crypto.tag, crypto.suite, ours))))
-            keys = SrtpKeys(crypto.suite, ours, crypto.key)
+            keys = SrtpKeys(crypto.suite, ours, crypto.key, crypto.mki_bytes)
         answer.media.append(am)
         params = MediaParams(codec, pt, dtmf, remote, direction, m.ptime or 20, cn_pt,
                              _rtcp_addr(m, remote), keys)
@@ -639,7 +639,7 @@ def _accept_crypto(om: MediaDescription, am: MediaDescription) -> SrtpKeys | Non
         theirs.check()
     except sdes.UnsupportedCrypto as exc:
         raise SrtpRefused(f"SDP answer's a=crypto: {exc}", 306) from None
-    return SrtpKeys(theirs.suite, offered.key, theirs.key)
+    return SrtpKeys(theirs.suite, offered.key, theirs.key, theirs.mki_bytes)
 
 
 def _intersect(a: str, b: str) -> str:

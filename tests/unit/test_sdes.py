@@ -29,14 +29,11 @@ def test_rfc4568_example_lines_parse_and_build_back():
     assert "PS1u" not in repr(audio) and "inline" not in repr(audio)
 
 
-def test_rfc4568_example_lines_are_refused_for_their_mki_and_lifetime():
-    with pytest.raises(UnsupportedCrypto, match="MKI"):
-        CryptoAttribute.parse(RFC_AUDIO).check()
-    without_mki = CryptoAttribute.parse(RFC_AUDIO.rsplit("|", 1)[0])
-    with pytest.raises(UnsupportedCrypto, match="lifetime under 2\\^31"):
-        without_mki.check()
-    CryptoAttribute.parse(RFC_AUDIO.split("|")[0]).check()  # the same key alone: fine
-    CryptoAttribute.parse(RFC_AUDIO.split("|")[0] + "|2^31").check()
+def test_rfc4568_example_lines_are_taken_with_their_lifetime_and_mki():
+    for value in (RFC_AUDIO, RFC_VIDEO_32, RFC_AUDIO.split("|")[0], RFC_AUDIO.rsplit("|", 1)[0]):
+        CryptoAttribute.parse(value).check()
+    assert CryptoAttribute.parse(RFC_AUDIO).mki_bytes == bytes(31) + b"\x01"  # 1:32, as each packet carries it
+    assert CryptoAttribute.parse(RFC_AUDIO.split("|")[0]).mki_bytes is None
 
 
 @pytest.mark.parametrize("value, reason", [
@@ -44,8 +41,10 @@ def test_rfc4568_example_lines_are_refused_for_their_mki_and_lifetime():
     ("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkp", "needs a 30-byte key"),
     ("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR UNENCRYPTED_SRTP",
      "UNENCRYPTED_SRTP is not supported"),
-    ("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR;"
-     "inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj", "several keys"),
+    ("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|1:4;"
+     "inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj|2:4", "several keys"),
+    ("1 AEAD_AES_128_GCM inline:" + base64.b64encode(bytes(28)).decode() + "|1:4", "MKI with an AEAD suite"),
+    ("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|256:1", "does not fit"),
 ])
 def test_what_we_cannot_honour_is_refused_with_the_reason(value, reason):
     with pytest.raises(UnsupportedCrypto, match=reason):
@@ -75,7 +74,8 @@ def test_pick_takes_the_first_usable_line_and_says_why_earlier_ones_were_not():
     chosen, refused = sdes.pick(lines)
     assert chosen is not None and chosen.tag == 2 and chosen.suite == "AES_CM_128_HMAC_SHA1_32"
     assert len(refused) == 1 and "AES_256_CM_HMAC_SHA1_80 is not supported" in refused[0]
-    assert sdes.pick([RFC_AUDIO]) == (None, ["AES_CM_128_HMAC_SHA1_80 line 1: an MKI or several keys are not supported"])
+    gcm_mki = "1 AEAD_AES_128_GCM inline:" + base64.b64encode(bytes(28)).decode() + "|1:4"
+    assert sdes.pick([gcm_mki]) == (None, ["AEAD_AES_128_GCM line 1: an MKI with an AEAD suite is not supported"])
 
 
 def test_offer_lines_have_fresh_keys_of_each_suites_length():
@@ -127,6 +127,30 @@ def test_tampered_replayed_and_plain_packets_fail():
         peer.unprotect_rtp(tx.packet(b"\xff" * 160, 160, 0))  # plain RTP on an SRTP leg
     with pytest.raises(SrtpError):
         peer.unprotect_rtcp(bytes.fromhex("81c90001") + bytes(4))  # plain RTCP: no SRTCP index or tag
+
+
+@pytest.mark.parametrize("suite, tag", [("AES_CM_128_HMAC_SHA1_80", 10), ("AES_CM_128_HMAC_SHA1_32", 4)])
+def test_a_peers_mki_is_checked_and_cut_out_before_libsrtp(suite, tag):
+    """RFC 3711 §3.1/§3.4: the MKI sits between the encrypted part and the tag, outside
+    what the tag covers; here the peer's packets get it the way its SRTP would put it."""
+    a, b = sdes.new_key(suite), sdes.new_key(suite)
+    mki = CryptoAttribute.parse(RFC_AUDIO).mki_bytes
+    assert mki is not None
+    peer = SrtpContext(SrtpKeys(suite, b, a))
+    us = SrtpContext(SrtpKeys(suite, a, b, rx_mki=mki))
+    tx = RtpSender()
+
+    def with_mki(wire: bytes, tag_len: int, value: bytes = mki) -> bytes:
+        return wire[:-tag_len] + value + wire[-tag_len:]
+
+    plain = tx.packet(b"\x11" * 160, 160, 0)
+    assert us.unprotect_rtp(with_mki(peer.protect_rtp(plain), tag)) == plain
+    with pytest.raises(SrtpError, match="MKI"):
+        us.unprotect_rtp(with_mki(peer.protect_rtp(tx.packet(b"\x11" * 160, 160, 0)), tag, bytes(32)))
+    with pytest.raises(SrtpError, match="MKI"):
+        us.unprotect_rtp(peer.protect_rtp(tx.packet(b"\x11" * 160, 160, 0)))
+    rr = bytes.fromhex("81c90007") + (0x1234).to_bytes(4, "big") + bytes(24)
+    assert us.unprotect_rtcp(with_mki(peer.protect_rtcp(rr), 10)) == rr  # SRTCP's tag is 80 bits for both
 
 
 def test_a_wrong_key_fails_and_keys_stay_out_of_repr():

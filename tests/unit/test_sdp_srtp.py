@@ -26,7 +26,7 @@ def answer_of(body: bytes, **kw):
 
 
 def test_savp_offer_answered_with_the_first_usable_tag_and_a_fresh_key_of_ours():
-    body = offer("RTP/SAVP", f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY1}|2^20|1:4",  # MKI: refused
+    body = offer("RTP/SAVP", f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY1}|1:4;inline:{KEY2}|2:4",  # a key list: refused
                  f"2 AES_CM_128_HMAC_SHA1_32 inline:{KEY2}",
                  f"3 AES_CM_128_HMAC_SHA1_80 inline:{KEY1}")
     answer, params = answer_of(body, random=lambda n: b"\x07" * n)
@@ -35,6 +35,10 @@ def test_savp_offer_answered_with_the_first_usable_tag_and_a_fresh_key_of_ours()
     assert m.crypto_lines == ["2 AES_CM_128_HMAC_SHA1_32 inline:" + base64.b64encode(b"\x07" * 30).decode()]
     assert params.srtp == sdes.SrtpKeys("AES_CM_128_HMAC_SHA1_32", b"\x07" * 30, base64.b64decode(KEY2))
     assert "inline" not in repr(params) and KEY2 not in repr(params)  # MediaParams may be logged
+    # RFC 4568 §9.1's line (lifetime 2^20, MKI 1:32): taken; its MKI is what its packets carry.
+    _, params = answer_of(offer("RTP/SAVP", f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY1}|2^20|1:32"))
+    assert params.srtp is not None and params.srtp.rx_mki == bytes(31) + b"\x01"
+    assert b"|" not in answer_of(offer("RTP/SAVP", f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY1}|2^20|1:32"))[0].to_bytes()
 
 
 def test_plain_offer_answered_plain_and_policies_decide():
