@@ -59,10 +59,11 @@ def control(*extra: str) -> list[str]:
     return ["--control", f"{LOCALHOST}:{free_tcp_port()}", *extra]
 
 
-def savp_offer(port: int, key: bytes) -> str:
-    """Our RTP/SAVP offer with one crypto line: tag 1, SUITE, ``key`` (the key we send with)."""
+def savp_offer(port: int, key: bytes, params: str = "") -> str:
+    """Our RTP/SAVP offer with one crypto line: tag 1, SUITE, ``key`` (the key we send
+    with), then ``params`` (e.g. "|2^20|1:32": a lifetime and an MKI)."""
     return sdp_offer(port, "0 101", proto="RTP/SAVP",
-                     attributes=[f"crypto:1 {SUITE} inline:{base64.b64encode(key).decode()}"])
+                     attributes=[f"crypto:1 {SUITE} inline:{base64.b64encode(key).decode()}{params}"])
 
 
 def answered_key(response: SipMessage, our_key: bytes) -> bytes:
@@ -132,14 +133,20 @@ def test_the_greeting_reaches_an_srtp_caller_encrypted_and_decrypts_with_the_ans
 
 def test_a_reinvite_with_a_new_key_re_keys_the_leg(switch, rtp_sink: RtpSink):
     """RFC 4568 §7.1.4: new keys in a re-INVITE's offer; the answer brings the switch's new
-    key; from then on both directions use the new keys and the old ones fail."""
+    key; from then on both directions use the new keys and the old ones fail. The first
+    offer is RFC 4568 §9.1's form (lifetime 2^20, MKI 1:32): our packets carry the MKI."""
     sw = switch("hold_then_continue", control())
     key1, key2 = os.urandom(30), os.urandom(30)
-    call = RawCall(sw.sip_addr, rtp_sink.port, sdp=savp_offer(rtp_sink.port, key1))
+    call = RawCall(sw.sip_addr, rtp_sink.port, sdp=savp_offer(rtp_sink.port, key1, "|2^20|1:32"))
     try:
         switch1 = answered_key(call.invite(), key1)
         call.ack()
         assert rtp_sink.wait_for(20, timeout=3, pt=0), "no RTP from the switch"
+        mki_tx = SrtpContext(SrtpKeys(SUITE, key1, switch1))
+        for i in range(5):  # with the MKI before the tag (RFC 3711 §3.1), as that line said
+            wire = mki_tx.protect_rtp(build_rtp(0, 6000 + i, 160 * i, 0xC0FFEE, b"\xff" * 160))
+            rtp_sink.sock.sendto(wire[:-TAG_BYTES] + bytes(31) + b"\x01" + wire[-TAG_BYTES:], call.media_addr())
+            time.sleep(0.005)
         sent_reinvite = time.monotonic()
         switch2 = answered_key(call.reinvite(savp_offer(rtp_sink.port, key2)), key2)
         rekeyed = time.monotonic()
@@ -166,7 +173,7 @@ def test_a_reinvite_with_a_new_key_re_keys_the_leg(switch, rtp_sink: RtpSink):
     log = sw.log_text()
     assert f"SRTP {SUITE} (re-keyed)" in log, log[-3000:]
     ended = re.search(r"call \S+ ended .*received (\d+)/\d+ B;.* srtp_dropped=(\d+)", log)
-    assert ended and ended.groups() == ("10", "10"), log[-3000:]
+    assert ended and ended.groups() == ("15", "10"), log[-3000:]
     stop_clean(sw)
 
 
