@@ -183,11 +183,15 @@ def phone_tone(tmp_path: Path) -> Path:
 
 
 def assert_phone_used_srtp(phone: Phone) -> str:
-    """The phone's media ran SRTP (pjsua's call dump), on an RTP/SAVP answer from us."""
+    """The phone's media ran SRTP (pjsua's call dump), and the SDP the switch sent it (our
+    answer in a 200, or our offer in an INVITE) was RTP/SAVP with a crypto line."""
     media = phone.wait_event("media")
     assert media["srtp"], "pjsua2 reports no active SRTP\n" + phone.describe()
-    log = phone.log_path.read_text(errors="replace")
-    assert re.search(r"m=audio \d+ RTP/SAVP", log) and "a=crypto:" in log, "no RTP/SAVP SDP in the pjsua log"
+    # pjsua's log: one entry per timestamped line; a message it received follows "RX ...".
+    entries = re.split(r"\n(?=\d\d:\d\d:\d\d\.\d{3} )", phone.log_path.read_text(errors="replace"))
+    from_switch = [e for e in entries if re.search(r"\.RX \d+ bytes (?:Response msg 200/INVITE|Request msg INVITE)", e)]
+    assert any(re.search(r"^m=audio \d+ RTP/SAVP ", e, re.M) and "\na=crypto:" in e for e in from_switch), \
+        "no RTP/SAVP SDP from the switch in the pjsua log\n" + "\n".join(from_switch)[-3000:]
     return str(media["srtp"])
 
 
