@@ -14,10 +14,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +34,7 @@ from .harness import (
     RawCall,
     RtpSink,
     SipMessage,
+    SwitchProcess,
     build_rtp,
     dbfs,
     free_tcp_port,
@@ -57,6 +61,13 @@ TAG_BYTES = 10  # HMAC-SHA1-80 (RFC 3711 §4.2)
 
 def control(*extra: str) -> list[str]:
     return ["--control", f"{LOCALHOST}:{free_tcp_port()}", *extra]
+
+
+def calls_api(sw: SwitchProcess) -> list[dict[str, Any]]:
+    """GET /calls (docs/control-api.md) of a switch started with control()."""
+    args = sw.command()
+    with urllib.request.urlopen(f"http://{args[args.index('--control') + 1]}/calls", timeout=2) as r:
+        return list(json.loads(r.read())["calls"])
 
 
 def savp_offer(port: int, key: bytes, params: str = "") -> str:
@@ -105,6 +116,8 @@ def test_the_greeting_reaches_an_srtp_caller_encrypted_and_decrypts_with_the_ans
             forged = forger.protect_rtp(build_rtp(0, 1000 + i, 160 * i, 0xBAD, b"\xff" * 160))
             rtp_sink.sock.sendto(forged, call.media_addr())
         time.sleep(0.5)
+        [live] = calls_api(sw)
+        assert live["legs"][0]["srtp"] == SUITE and live["legs"][0]["rtp"]["srtp_dropped"] == 25, live
     finally:
         assert call.bye() == 200
         call.close()
