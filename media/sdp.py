@@ -1,8 +1,14 @@
-"""SDP (RFC 4566) for plain RTP/AVP audio, and RFC 3264 offer/answer.
+"""SDP (RFC 4566) for RTP/AVP and RTP/SAVP audio, and RFC 3264 offer/answer.
 
 Lean on purpose: we model the lines a G.711 softswitch acts on (o=, s=, c=, t=, m=,
-a=rtpmap/fmtp/ptime/direction, a=rtcp) and keep every other line verbatim so
+a=rtpmap/fmtp/ptime/direction, a=rtcp, a=crypto) and keep every other line verbatim so
 re-serialising an SDP does not lose what we do not understand.
+
+SRTP (RFC 3711) keyed by SDES (RFC 4568, media/sdes.py): an ``RTP/SAVP`` stream carries
+``a=crypto`` lines; the answer takes the first one we support, by tag, with a fresh key
+of ours (§7.1.2). Which profiles a leg answers is its ``srtp`` policy (``SRTP_POLICIES``):
+"off" answers RTP/AVP only, "optional" either (SRTP when offered), "required" RTP/SAVP
+only. The keys end up in ``MediaParams.srtp`` (``SrtpKeys``, never in a ``repr``).
 
 Comfort noise (RFC 3389, static PT 13 "CN/8000" in RFC 3551 §6) is negotiated only when
 the caller asks with ``cn=True`` (a leg whose keepalive mode is "cn"): without it offers
@@ -13,8 +19,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
+
+from . import sdes
+from .sdes import KeySource, SrtpKeys
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +43,28 @@ TELEPHONE_EVENT = "telephone-event"
 COMFORT_NOISE = "CN"
 CN_STATIC_PT = 13
 _HOLD_ADDRS = ("0.0.0.0", "::")
+PLAIN_PROFILE = "RTP/AVP"
+SRTP_PROFILE = sdes.SRTP_PROFILE
+# A leg's SRTP policy -> the m= profiles it answers (RFC 4566 §5.14 <proto>).
+SRTP_POLICIES: dict[str, tuple[str, ...]] = {
+    "off": (PLAIN_PROFILE,),
+    "optional": (PLAIN_PROFILE, SRTP_PROFILE),
+    "required": (SRTP_PROFILE,),
+}
 
 
 class NoCommonCodec(ValueError):
     """The offer/answer has no audio codec we support (the caller answers 488)."""
+
+
+class SrtpRefused(NoCommonCodec):
+    """The audio's security cannot be agreed: RTP/SAVP without a crypto line we support
+    (``warning`` 306, "Attribute not understood", RFC 3261 §20.43), or a profile our SRTP
+    policy refuses (302, "Incompatible transport protocol"). The caller answers 488."""
+
+    def __init__(self, detail: str, warning: int) -> None:
+        super().__init__(detail)
+        self.warning = warning
 
 
 @dataclass
@@ -167,6 +195,15 @@ class MediaDescription:
         except ValueError:
             raise ValueError(f"SDP a=ptime is not a number: {v!r}") from None
 
+    @property
+    def crypto_lines(self) -> list[str]:
+        """The values of the stream's a=crypto lines (RFC 4568 §9.1), in order."""
+        return [v for k, v in self.attributes if k == "crypto" and v is not None]
+
+    @property
+    def secure(self) -> bool:
+        return self.proto.upper() == SRTP_PROFILE
+
     def direction(self, default: str = "sendrecv") -> str:
         for k, _ in self.attributes:
             if k in DIRECTIONS:
@@ -295,6 +332,7 @@ class MediaParams:
     ptime: int = 20
     cn_pt: int | None = None  # RFC 3389 CN payload type, when both sides listed CN/8000
     rtcp_addr: tuple[str, int] | None = None  # the peer's RFC 3605 a=rtcp, if it gave one
+    srtp: SrtpKeys | None = None  # RTP/SAVP: the suite and both keys (RFC 4568); None: plain RTP
 
 
 def _codec_of(m: MediaDescription, rtpmaps: dict[int, Rtpmap], fmt: str) -> tuple[int, str] | None:
@@ -365,7 +403,38 @@ def _rtcp_addr(m: MediaDescription, remote: tuple[str, int] | None) -> tuple[str
 
 
 def _is_rtp_audio(m: MediaDescription) -> bool:
-    return m.media == "audio" and m.proto.upper() == "RTP/AVP"
+    return m.media == "audio" and m.proto.upper() in (PLAIN_PROFILE, SRTP_PROFILE)
+
+
+def _pick_stream(offer: SessionDescription, supported: Collection[str], srtp: str
+                 ) -> tuple[MediaDescription, sdes.CryptoAttribute | None] | None:
+    """The m= line to answer (RFC 3264 §6: the first usable audio stream) and, for
+    RTP/SAVP, the crypto line to answer (RFC 4568 §7.1.2: the first we support). None
+    when no stream has a codec of ours; SrtpRefused when one has, but its security
+    cannot be agreed (the 488's Warning says why)."""
+    allowed = SRTP_POLICIES[srtp]
+    refused_crypto: list[str] = []
+    refused_profile = False
+    for m in offer.media:
+        if not _is_rtp_audio(m) or m.port == 0 or _first_codec(m, supported)[0] is None:
+            continue
+        if m.proto.upper() not in allowed:
+            refused_profile = True
+            continue
+        if not m.secure:
+            return m, None
+        crypto, why = sdes.pick(m.crypto_lines)
+        if crypto is not None:
+            return m, crypto
+        refused_crypto.extend(why or ["no a=crypto line (RFC 4568 §5)"])
+    if refused_crypto:
+        raise SrtpRefused(f"SDP offer's {SRTP_PROFILE} audio has no a=crypto we support: "
+                          + "; ".join(refused_crypto), 306)
+    if refused_profile and srtp == "required":
+        raise SrtpRefused(f'this switch requires SRTP (srtp = "required"): offer {SRTP_PROFILE} with a=crypto', 302)
+    if refused_profile:
+        raise SrtpRefused(f'SRTP is off on this switch (srtp = "off"): offer {PLAIN_PROFILE}', 302)
+    return None
 
 
 def _remote_addr(sd: SessionDescription, m: MediaDescription) -> tuple[str, int] | None:
@@ -393,15 +462,24 @@ def answer_offer(
     version: int,
     supported: tuple[str, ...] = ("PCMU", "PCMA"),
     cn: bool = False,
+    srtp: str = "optional",
+    random: KeySource = os.urandom,
+    keep: SrtpKeys | None = None,
 ) -> tuple[SessionDescription, MediaParams]:
     """RFC 3264 §6: answer the first usable audio stream, reject every other m= line.
 
     We pick the first of the offerer's codecs we support (the offerer's preference order),
     echo telephone-event/8000 with the offerer's PT, and mirror the direction. With
     ``cn``, comfort noise the offer lists is echoed too (with the offerer's PT).
+
+    An RTP/SAVP stream (allowed by the ``srtp`` policy) is answered RTP/SAVP with the
+    offer's first usable crypto line's tag and suite and a fresh key of ours from
+    ``random`` (RFC 4568 §7.1.2). ``keep``: the keys this leg has now (a re-INVITE): when
+    the offer keeps the peer's suite and key, our key stays too, so nothing re-keys.
     """
     answer = _our_session(local_ip, session_id, version)
-    stream = answered_stream(offer, supported)
+    picked = _pick_stream(offer, supported, srtp)
+    stream, crypto = picked if picked is not None else (None, None)
     if stream is not None and offer.media_addrtype(stream) not in (None, _addrtype(local_ip)):
         # RFC 4566 §5.7: the offerer sends and receives in the family its c= line names; an
         # answer from a socket of the other family would be a call with no media.
@@ -425,13 +503,19 @@ def answer_offer(
             # RFC 3264 §8.4: c=0.0.0.0 is the old (RFC 2543) way to say "don't send to me".
             offer_dir = "sendonly"
         direction = _MIRROR[offer_dir]
-        am = MediaDescription("audio", local_port, "RTP/AVP", [str(pt)])
+        am = MediaDescription("audio", local_port, SRTP_PROFILE if crypto else PLAIN_PROFILE, [str(pt)])
         am.attributes.append(("rtpmap", f"{pt} {codec}/8000"))
         cn_pt = _cn_pt(m) if cn else None
         _finish_audio(am, dtmf, m.fmtps.get(dtmf) if dtmf is not None else None, direction, cn_pt)
+        keys = None
+        if crypto is not None:
+            same = keep is not None and (keep.suite, keep.rx_key) == (crypto.suite, crypto.key)
+            ours = keep.tx_key if same and keep is not None else sdes.new_key(crypto.suite, random)
+            am.attributes.append(("crypto", str(sdes.CryptoAttribute(crypto.tag, crypto.suite, ours))))
+            keys = SrtpKeys(crypto.suite, ours, crypto.key, crypto.mki_bytes)
         answer.media.append(am)
         params = MediaParams(codec, pt, dtmf, remote, direction, m.ptime or 20, cn_pt,
-                             _rtcp_addr(m, remote))
+                             _rtcp_addr(m, remote), keys)
     if params is None:
         offered = "; ".join(f"m={m.media} {m.proto} {' '.join(m.fmts)}" for m in offer.media)
         raise NoCommonCodec(
@@ -441,14 +525,16 @@ def answer_offer(
     return answer, params
 
 
-def answered_stream(offer: SessionDescription, supported: Collection[str] = ("PCMU", "PCMA")
-                    ) -> MediaDescription | None:
-    """The m= line ``answer_offer`` answers (RFC 3264 §6): the first RTP/AVP audio stream
-    with a port and a codec in ``supported``; None when there is none."""
-    for m in offer.media:
-        if _is_rtp_audio(m) and m.port != 0 and _first_codec(m, supported)[0] is not None:
-            return m
-    return None
+def answered_stream(offer: SessionDescription, supported: Collection[str] = ("PCMU", "PCMA"),
+                    srtp: str = "optional") -> MediaDescription | None:
+    """The m= line ``answer_offer`` answers (RFC 3264 §6): the first audio stream with a
+    port, a codec in ``supported`` and a profile (and crypto) the ``srtp`` policy takes;
+    None when there is none."""
+    try:
+        picked = _pick_stream(offer, supported, srtp)
+    except SrtpRefused:
+        return None
+    return picked[0] if picked is not None else None
 
 
 def _finish_audio(m: MediaDescription, dtmf_pt: int | None, events: str | None, direction: str,
@@ -475,12 +561,15 @@ def make_offer(
     dtmf_pt: int | None = 101,
     direction: str = "sendrecv",
     cn: bool = False,
+    crypto: list[sdes.CryptoAttribute] | None = None,
 ) -> SessionDescription:
-    """Our offer: ``codecs`` in order, telephone-event, and with ``cn`` comfort noise (13)."""
+    """Our offer: ``codecs`` in order, telephone-event, and with ``cn`` comfort noise (13).
+    With ``crypto`` (sdes.offer_lines()) the stream is RTP/SAVP with those lines: the
+    answerer picks one by tag (RFC 4568 §7.1.2); the keys are ours, to send with."""
     if direction not in DIRECTIONS:
         raise ValueError(f"SDP direction must be one of {DIRECTIONS}, not {direction!r}")
     sd = _our_session(local_ip, session_id, version)
-    m = MediaDescription("audio", local_port, "RTP/AVP", [])
+    m = MediaDescription("audio", local_port, SRTP_PROFILE if crypto else PLAIN_PROFILE, [])
     for name in codecs:
         if name not in _STATIC_BY_NAME:
             raise ValueError(f"SDP offer codec must be PCMU or PCMA, not {name!r}")
@@ -488,6 +577,7 @@ def make_offer(
         m.fmts.append(str(pt))
         m.attributes.append(("rtpmap", f"{pt} {name}/8000"))
     _finish_audio(m, dtmf_pt, None, direction, CN_STATIC_PT if cn else None)
+    m.attributes.extend(("crypto", str(c)) for c in crypto or ())
     sd.media.append(m)
     return sd
 
@@ -526,7 +616,30 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Medi
     # CN only if we offered it (make_offer(cn=True)) and the answer kept it.
     cn_pt = _cn_pt(am) if _cn_pt(om) is not None else None
     return MediaParams(chosen[1], chosen[0], dtmf, remote, direction, am.ptime or 20, cn_pt,
-                       _rtcp_addr(am, remote))
+                       _rtcp_addr(am, remote), _accept_crypto(om, am))
+
+
+def _accept_crypto(om: MediaDescription, am: MediaDescription) -> SrtpKeys | None:
+    """RFC 4568 §7.1.3 (the offerer): the answer keeps our profile and takes one of our
+    crypto lines by tag, same suite, with the answerer's key; anything else is refused
+    (RFC 3264 §6: the answer's <proto> is the offer's)."""
+    if om.secure != am.secure:
+        raise SrtpRefused(f"SDP answer's audio is {am.proto}; we offered {om.proto}", 302)
+    if not om.secure:
+        return None
+    ours = {c.tag: c for c in (sdes.CryptoAttribute.parse(v) for v in om.crypto_lines)}
+    lines = am.crypto_lines
+    if len(lines) != 1:
+        raise SrtpRefused(f"SDP answer must carry one a=crypto line (RFC 4568 §7.1.2), it has {len(lines)}", 306)
+    theirs = sdes.CryptoAttribute.parse(lines[0])
+    offered = ours.get(theirs.tag)
+    if offered is None or offered.suite != theirs.suite:
+        raise SrtpRefused(f"SDP answer's a=crypto tag {theirs.tag} {theirs.suite} is not one we offered", 306)
+    try:
+        theirs.check()
+    except sdes.UnsupportedCrypto as exc:
+        raise SrtpRefused(f"SDP answer's a=crypto: {exc}", 306) from None
+    return SrtpKeys(theirs.suite, offered.key, theirs.key, theirs.mki_bytes)
 
 
 def _intersect(a: str, b: str) -> str:

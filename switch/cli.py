@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rtcp", action=argparse.BooleanOptionalAction, default=None,
                      help="RTCP sender/receiver reports (RFC 3550) on each leg's RTP port + 1: the "
                           "peer's loss and jitter figures (default on; --no-rtcp disables)")
+    run.add_argument("--srtp", choices=("off", "optional", "required"),
+                     help="SRTP for callers (RFC 4568 SDES keys in the SDP, RTP/SAVP): 'optional' answers "
+                          "an SRTP offer with SRTP and a plain one plain (default); 'required' refuses plain "
+                          "offers with 488; 'off' refuses SRTP offers with 488. The keys travel in the SIP "
+                          "message: without SIP over TLS anyone who sees it can decrypt the media. Calls to "
+                          "gateways offer SRTP per gateway (gateway_srtp, [[outbound_routes]] srtp)")
     run.add_argument("--app", metavar="DIR",
                      help="directory of a JS app (its main.js defines Main) serving every call: "
                           "development mode, no installs (default: the installed apps, see installapp; "
@@ -126,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "listen", "rtp_ports", "media_keepalive", "rtcp", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
-        "task_memory_mb", "control", "gateway", "sip_t1", "watchdog_s", "js_workers", "task_cpu_seconds")}
+        "task_memory_mb", "control", "gateway", "sip_t1", "watchdog_s", "js_workers", "task_cpu_seconds",
+        "srtp")}
     try:
         config = load(args.config, overrides)
     except ConfigError as exc:

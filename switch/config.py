@@ -19,6 +19,10 @@ the flags. Keys in the file are the flag names with '_' for '-':
     gateway = "sip:10.0.0.1:5060"  # where StartBridgedCall sends numbers (default gateway)
     gateway_username = "pbx1"    # what the default gateway may challenge our INVITEs for
     gateway_password = "..."     # (401/407: the INVITE is sent again, once, with digest auth)
+    gateway_srtp = false         # calls to the default gateway offer SRTP (RTP/SAVP, SDES keys)
+    srtp = "optional"            # SRTP (RFC 4568 SDES) for callers: "optional" answers RTP/SAVP
+                                 # offers with SRTP, plain ones plain; "required": 488 for a plain
+                                 # offer; "off": 488 for RTP/SAVP. Keys travel in the SDP: use TLS
     sip_t1 = 0.5                 # RFC 3261 T1; an unanswered INVITE fails with 408 after 64*T1
     dns_servers = ["127.0.0.1:5353"]  # DNS servers for gateway/URI names (NAPTR, SRV, A/AAAA,
                                  # RFC 3263); [] (default): the system's, /etc/resolv.conf
@@ -64,6 +68,7 @@ the flags. Keys in the file are the flag names with '_' for '-':
     gateway = "sip:10.0.0.2:5060"
     username = "pbx1"            # optional: credentials that gateway may challenge for
     password = "..."
+    srtp = false                 # calls to that gateway offer SRTP
 
     [[routes]]                   # which installed app serves an INVITE (after the API's rules)
     match = "1800*"              # Request-URI user glob, or "@domain" glob
@@ -121,7 +126,9 @@ class Config:
     gateway: str = ""  # default gateway for numbers dialled by StartBridgedCall: "sip:HOST:PORT"
     gateway_username: str = ""  # digest credentials the default gateway may challenge for
     gateway_password: str = ""
+    gateway_srtp: bool = False  # calls to the default gateway offer RTP/SAVP (SDES-SRTP)
     outbound_routes: list[dict[str, Any]] = field(default_factory=list)  # [{"prefix": "1800", "gateway": URI}, ...]
+    srtp: str = "optional"  # SRTP policy for inbound offers (switch/calls/offer_answer.py): off, optional, required
     sip_t1: float = 0.5  # RFC 3261 T1 (s): Timer B/F (no answer -> 408) = 64*T1
     dns_servers: list[str] = field(default_factory=list)  # "IP" or "IP:PORT"; []: /etc/resolv.conf
     failover_timeout: float = 4.0  # s without any response before the INVITE tries the next server (RFC 3263 §4.3)
@@ -184,6 +191,9 @@ class Config:
         self.route_rules  # noqa: B018
         self.gateway_rules  # noqa: B018
         self.gateway_credentials  # noqa: B018
+        if self.srtp not in ("off", "optional", "required"):
+            raise ConfigError(f'srtp must be "off", "optional" or "required", not {self.srtp!r}')
+        self.srtp_gateways  # noqa: B018
         if not isinstance(self.cdr, bool):
             raise ConfigError(f"cdr must be true or false, not {self.cdr!r}")
         if self.cdr_url and not self.cdr_url.startswith(("postgresql://", "postgres://")):
@@ -259,6 +269,22 @@ class Config:
                                   "or neither")
             if user and entry.get("gateway"):
                 out[str(entry["gateway"])] = (user, password)
+        return out
+
+    @property
+    def srtp_gateways(self) -> set[str]:
+        """Gateway URIs (as configured) whose calls offer SRTP: gateway_srtp for the
+        default gateway, srtp = true in an [[outbound_routes]] entry for its gateway."""
+        if not isinstance(self.gateway_srtp, bool):
+            raise ConfigError(f"gateway_srtp must be true or false, not {self.gateway_srtp!r}")
+        out = {self.gateway} if self.gateway_srtp and self.gateway else set()
+        for entry in self.outbound_routes:
+            flag = entry.get("srtp", False)
+            if not isinstance(flag, bool):
+                raise ConfigError(f"outbound_routes: srtp of gateway {entry.get('gateway')!r} must be true or "
+                                  f"false, not {flag!r}")
+            if flag:
+                out.add(str(entry["gateway"]))
         return out
 
     @property

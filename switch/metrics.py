@@ -113,6 +113,7 @@ class CallRecorder:
         # RTP of the legs of finished calls; live ones are added at scrape time.
         self.packets = {"received": 0, "sent": 0}
         self.lost = {"received": 0, "sent": 0}
+        self.srtp_dropped = 0  # packets that failed SRTP/SRTCP authentication (media/session.py)
 
     def __call__(self, call: Call) -> None:
         key = (_app(call), final_status(call))
@@ -129,6 +130,7 @@ class CallRecorder:
             # RFC 3550 A.3 counts duplicates against losses, so a leg's figure can be < 0.
             self.lost["received"] += max(0, stats.get("lost") or 0)
             self.lost["sent"] += max(0, stats.get("peer_cumulative_lost") or 0)
+            self.srtp_dropped += stats.get("srtp_dropped") or 0
 
 
 class SendLateness:
@@ -300,6 +302,9 @@ class SwitchCollector:
         yield _counter("softswitch_rtp_packets_lost_total", "RTP packets lost, counted when a call ends: received "
                        "(RFC 3550 loss of the peer's RTP) and sent (the peer's RTCP reports of ours)",
                        ("direction",), self.recorder.lost)
+        yield CounterMetricFamily("softswitch_srtp_packets_dropped_total", "RTP and RTCP packets dropped by SRTP legs, "
+                                  "counted when a call ends: failed authentication (forged, replayed, the wrong key, "
+                                  "plain RTP on an SRTP leg)", value=self.recorder.srtp_dropped)
         self.lateness.drain()
         yield self.lateness.histogram.family(
             "softswitch_rtp_send_lateness_seconds",

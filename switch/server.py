@@ -119,12 +119,14 @@ class Switch:
             open_media=self._open_media, launch=self._launch,
             advertise=cfg.advertise or None,
             gateways=OutboundRoutes(cfg.gateway or None, cfg.gateway_rules,
-                                    {gw: Credentials(*cred) for gw, cred in cfg.gateway_credentials.items()}),
+                                    {gw: Credentials(*cred) for gw, cred in cfg.gateway_credentials.items()},
+                                    srtp=cfg.srtp_gateways),
             registrar=Registrar(cfg.users, cfg.realm, algorithms=tuple(cfg.digest_algorithms),
                                 failures=self.access.failures),  # REGISTER and INVITE guesses count together
             access=self.access,
             dns_servers=cfg.dns_servers,
             failover_timeout=cfg.failover_timeout,
+            srtp=cfg.srtp,
         )
         self.tasks.switchboard = Switchboard(self.engine, self.tasks.post)
         self.cdr: CdrWriter | None = None

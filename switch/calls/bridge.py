@@ -202,7 +202,7 @@ class Switchboard:
         if bridge.broken:  # broken while the name was looked up
             raise CallError("StartBridgedCall: the bridge is gone (the caller hung up or it was broken)")
         leg = call.add_egress(bridge, route.uri, servers[0], TaskSink(task.tid, task.post), route.credentials,
-                              alternatives=servers[1:], max_forwards=max_forwards)
+                              alternatives=servers[1:], max_forwards=max_forwards, srtp=route.srtp)
         # The task owns the leg from the start: IsConnected() and Disconnect() see it
         # while the INVITE is being placed.
         task.attach_leg(call.control(leg))

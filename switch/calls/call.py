@@ -194,9 +194,11 @@ class Call:
         if media is not None:
             stats = self.rtp_stats[leg] = media.stats()
             media.close()
-            leg.log.info("%s %s ended (%s) after %.1f s; rtp sent %s/%s B, received %s/%s B; %s",
+            keys = leg.sdp.params.srtp if leg.sdp.params is not None else None
+            srtp = f" srtp={keys.suite} srtp_dropped={stats.get('srtp_dropped')}" if keys is not None else ""
+            leg.log.info("%s %s ended (%s) after %.1f s; rtp sent %s/%s B, received %s/%s B; %s%s",
                          leg.kind, leg.call_id, ended.reason, age, stats["packets_sent"], stats["bytes_sent"],
-                         stats["packets_received"], stats["bytes_received"], _quality(stats))
+                         stats["packets_received"], stats["bytes_received"], _quality(stats), srtp)
         else:
             leg.log.info("%s %s ended (%s)", leg.kind, leg.call_id, ended.reason)
         control = self._controls.get(leg)
@@ -301,18 +303,21 @@ class Call:
 
     def add_egress(self, bridge: Bridge, target: SipUri, addr: tuple[str, int], sink: TaskSink,
                    credentials: Credentials | None = None,
-                   alternatives: Sequence[tuple[str, int]] = (), max_forwards: int = 70) -> OutboundLeg:
+                   alternatives: Sequence[tuple[str, int]] = (), max_forwards: int = 70,
+                   srtp: bool = False) -> OutboundLeg:
         """The bridge's outbound leg to ``target`` at ``addr`` (an IP: ``CallEngine.locate``
         looked its name up), owned by the task behind ``sink``: the caller's identity, the
         caller's codec offered first, media in ``addr``'s family. ``alternatives``: the
-        servers to fail over to, in order (RFC 3263 §4.3)."""
+        servers to fail over to, in order (RFC 3263 §4.3); ``srtp``: offer RTP/SAVP (the
+        route says so)."""
         if self.stopping:
             raise CallError(f"StartBridgedCall: the call has ended ({self.stop_reason})")
         ingress = self.ingress
         caller = NameAddr.parse(ingress.invite.headers["from"][0])
         leg = OutboundLeg(target, addr, caller, callee_codecs(ingress.sdp.predicted_codec()),
                           self.engine.local_for(addr[0]), self.now(), over_tcp=self.engine.has_connection(addr),
-                          credentials=credentials, alternatives=alternatives, max_forwards=max_forwards)
+                          credentials=credentials, alternatives=alternatives, max_forwards=max_forwards,
+                          srtp=srtp)
         self.legs.append(leg)
         self.history.append(leg)
         self.engine.adopt(self, leg)
@@ -362,6 +367,8 @@ class Call:
             "state": leg.state.name.lower(),
             "task": sink.tid if sink is not None else None,
             "codec": params.codec if params is not None else None,
+            # the SRTP suite (RFC 4568) when the leg's media is encrypted, else None
+            "srtp": params.srtp.suite if params is not None and params.srtp is not None else None,
             "rtp": media.stats() if media is not None else None,
         }
 

@@ -89,6 +89,7 @@ class CallEngine:
         access: AccessPolicy | None = None,
         dns_servers: Sequence[str] = (),
         failover_timeout: float = FAILOVER_TIMEOUT,
+        srtp: str = "optional",
     ) -> None:
         self.loop = loop
         self.sip = sip
@@ -98,6 +99,7 @@ class CallEngine:
         self._launch = launch  # picks the app and starts the call's task; raises CallError
         self.advertise = advertise
         self.registrar = registrar or Registrar({})
+        self.srtp = srtp  # SRTP policy for inbound offers (offer_answer.py): off, optional, required
         # Who may call and dial out (switch/security/access.py); the default trusts this
         # host only: a stranger's INVITE gets 403 before anything else happens.
         self.access = access or AccessPolicy()
@@ -465,7 +467,7 @@ class CallEngine:
                 return
             try:
                 # Refused before any call or task exists; in a family we serve (RFC 4566 §5.7).
-                offer = parse_offer(invite.body, self.addresses.families)
+                offer = parse_offer(invite.body, self.addresses.families, self.srtp)
                 local = self._local_for_offer(txn.addr[0], offer)
             except OfferAnswerError as exc:
                 self._count_refusal("bad-sdp")
@@ -473,7 +475,7 @@ class CallEngine:
                 return
         else:
             local = self.local_for(txn.addr[0])  # we offer, in the family the caller came in
-        leg = InboundLeg(txn, invite, offer, local, now, caller=str(caller))
+        leg = InboundLeg(txn, invite, offer, local, now, caller=str(caller), srtp=self.srtp)
         call = Call(self, leg, caller, self.access.call_started(caller))
         self.calls[leg.key] = call
         self.adopt(call, leg)
@@ -485,7 +487,7 @@ class CallEngine:
         c= is our address in the offer's family, facing its c= address (RFC 4566 §5.7;
         it may differ from the family the SIP came in). 488 with Warning 301 when we
         have none (this host has no IPv6 address, say)."""
-        addrtype, peer_media = offer_media(offer)
+        addrtype, peer_media = offer_media(offer, self.srtp)
         if addrtype is None:
             return self.local_for(caller)
         media_ip = self.addresses.media(FAMILIES[addrtype], peer_media, caller)

@@ -34,9 +34,11 @@ class InboundLeg(Leg):
     }
 
     def __init__(self, txn: InviteServerTransaction, invite: SipRequest, offer: SessionDescription | None,
-                 local: Local, now: float, caller: str = "") -> None:
+                 local: Local, now: float, caller: str = "", srtp: str = "optional") -> None:
         # offer None: the INVITE had no SDP; we offer in the 200 and the ACK answers.
-        super().__init__(invite.call_id, local, LegState.INCOMING, OfferAnswer(local.rtp_ip, offer), now)
+        # srtp: the switch's SRTP policy (offer_answer.py); "required" makes that offer SRTP.
+        super().__init__(invite.call_id, local, LegState.INCOMING,
+                         OfferAnswer(local.rtp_ip, offer, srtp=srtp, offer_srtp=srtp == "required"), now)
         self.txn = txn
         invite.freeze()  # kept for the whole call: as GC-untracked data
         self.invite = invite

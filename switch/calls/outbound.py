@@ -50,9 +50,12 @@ class OutboundLeg(Leg):
     def __init__(self, target: SipUri, addr: tuple[str, int], caller: NameAddr | None,
                  codecs: tuple[str, ...], local: Local, now: float, over_tcp: bool = False,
                  credentials: Credentials | None = None, alternatives: Sequence[tuple[str, int]] = (),
-                 max_forwards: int = 70) -> None:
+                 max_forwards: int = 70, srtp: bool = False) -> None:
+        # srtp: the route says this callee takes SRTP: we offer RTP/SAVP (and then take
+        # nothing less from it, in its answer or a re-INVITE).
         super().__init__(f"{new_branch()[7:]}@softswitch", local, LegState.CALLING,
-                         OfferAnswer(local.rtp_ip, codecs=codecs), now)
+                         OfferAnswer(local.rtp_ip, codecs=codecs, srtp="required" if srtp else "optional",
+                                     offer_srtp=srtp), now)
         self.target = target
         self.addr = addr
         # The next servers of the destination (RFC 3263 §4.3), tried in this order when

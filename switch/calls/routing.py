@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
 
 from ..sip.dialog import uri_address
@@ -24,6 +24,13 @@ class Route(NamedTuple):
     # as configured or the dialled URI, parameters (transport, maddr) included. None: a
     # registered phone, reached at ``addr`` (where its REGISTER came from or its Contact).
     server: SipUri | None = None
+    srtp: bool = False  # offer SRTP (RTP/SAVP, RFC 4568) on the leg: the gateway's srtp setting
+
+
+class Gateway(NamedTuple):
+    uri: SipUri
+    credentials: Credentials | None
+    srtp: bool  # its legs offer RTP/SAVP with SDES keys
 
 
 class OutboundRoutes:
@@ -31,14 +38,15 @@ class OutboundRoutes:
     then the default gateway."""
 
     def __init__(self, default: str | None = None, routes: list[tuple[str, str]] | None = None,
-                 credentials: Mapping[str, Credentials] | None = None) -> None:
-        """``credentials``: by gateway URI as configured, for gateways that challenge."""
+                 credentials: Mapping[str, Credentials] | None = None, srtp: Collection[str] = ()) -> None:
+        """``credentials``: by gateway URI as configured, for gateways that challenge;
+        ``srtp``: the gateway URIs (as configured) our calls offer SRTP to."""
         creds = credentials or {}
-        self.default = (SipUri.parse(default), creds.get(default)) if default else None
-        self.routes = sorted(((p, (SipUri.parse(g), creds.get(g))) for p, g in routes or []),
+        self.default = Gateway(SipUri.parse(default), creds.get(default), default in srtp) if default else None
+        self.routes = sorted(((p, Gateway(SipUri.parse(g), creds.get(g), g in srtp)) for p, g in routes or []),
                              key=lambda r: -len(r[0]))
 
-    def gateway_for(self, user: str) -> tuple[SipUri, Credentials | None] | None:
+    def gateway_for(self, user: str) -> Gateway | None:
         for prefix, gateway in self.routes:
             if user.startswith(prefix):
                 return gateway
@@ -79,6 +87,6 @@ class Router:
             hint = " (not registered)" if self.registrar.enabled else ""
             raise CallError(f"StartBridgedCall: no route for {user!r}{hint}: configure a gateway "
                             "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)", 404)
-        gateway, credentials = found
-        target = SipUri("sip", user, gateway.host, gateway.port)
-        return Route(target, uri_address(target), DialTarget.GATEWAY, credentials, server=gateway)
+        target = SipUri("sip", user, found.uri.host, found.uri.port)
+        return Route(target, uri_address(target), DialTarget.GATEWAY, found.credentials, server=found.uri,
+                     srtp=found.srtp)

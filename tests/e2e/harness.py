@@ -128,7 +128,9 @@ def sip_request(
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
 
 
-def sdp_offer(rtp_port: int, pts: str = "0 101", host: str = LOCALHOST) -> str:
+def sdp_offer(rtp_port: int, pts: str = "0 101", host: str = LOCALHOST, proto: str = "RTP/AVP",
+              attributes: Sequence[str] = ()) -> str:
+    """An audio offer; ``proto`` RTP/SAVP with ``attributes`` ["crypto:1 ..."] for SRTP."""
     maps = {
         "0": "a=rtpmap:0 PCMU/8000",
         "8": "a=rtpmap:8 PCMA/8000",
@@ -142,10 +144,10 @@ def sdp_offer(rtp_port: int, pts: str = "0 101", host: str = LOCALHOST) -> str:
         "s=-",
         f"c=IN {addrtype} {host}",
         "t=0 0",
-        f"m=audio {rtp_port} RTP/AVP {pts}",
+        f"m=audio {rtp_port} {proto} {pts}",
     ]
     lines += [maps[pt] for pt in pts.split() if pt in maps]
-    lines += ["a=ptime:20", "a=sendrecv"]
+    lines += ["a=ptime:20", "a=sendrecv", *(f"a={a}" for a in attributes)]
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -1095,14 +1097,14 @@ class RawCall:
     (e.g. learn the switch's media port, then send RTP there from another socket)."""
 
     def __init__(self, target: tuple[str, int], sdp_port: int, *, user: str = "service",
-                 pts: str = "0 101") -> None:  # fmt: skip
+                 pts: str = "0 101", sdp: str | None = None) -> None:  # fmt: skip
         self.target = target
         self.sock = SipSocket()
         self.call_id = uuid.uuid4().hex + "@" + LOCALHOST
         self.from_tag = uuid.uuid4().hex[:8]
         self.branch = "z9hG4bK-" + uuid.uuid4().hex[:16]
         self.user = user
-        self.sdp = sdp_offer(sdp_port, pts)
+        self.sdp = sdp if sdp is not None else sdp_offer(sdp_port, pts)
         self.final: SipMessage | None = None
         self.cseq = 1
 
@@ -1155,6 +1157,24 @@ class RawCall:
         assert self.final is not None and self.final.status == 200
         self._send("ACK", self.remote_target, 1, "z9hG4bK-" + uuid.uuid4().hex[:16],
                    self.final.to_tag)  # fmt: skip
+
+    def reinvite(self, sdp: str, timeout: float = 5.0) -> SipMessage:
+        """A re-INVITE with a new offer (RFC 3261 §14.1); its 2xx is ACKed. Returns the
+        final response (``self.final`` stays the dialog's first 200)."""
+        assert self.final is not None
+        self.cseq += 1
+        self._send("INVITE", self.remote_target, self.cseq, "z9hG4bK-" + uuid.uuid4().hex[:16],
+                   self.final.to_tag, sdp)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for data in self.sock.recv_all(deadline - time.monotonic()):
+                m = self._msg(data)
+                if m.status is not None and m.status >= 200 and m.method == "INVITE" and m.cseq == self.cseq:
+                    if m.status == 200:
+                        self._send("ACK", self.remote_target, self.cseq, "z9hG4bK-" + uuid.uuid4().hex[:16],
+                                   self.final.to_tag)  # fmt: skip
+                    return m
+        raise AssertionError("no final response to the re-INVITE")
 
     def bye(self, timeout: float = 3.0) -> int | None:
         assert self.final is not None

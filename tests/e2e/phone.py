@@ -10,6 +10,8 @@ talks JSON lines: commands on its stdin, events on its stdout. `Phone` is the te
         ph.digits(), ph.recorded_dbfs()
     with Phone(tone_wav=tone) as ph:                           # a caller
         ph.call("sip:1000@127.0.0.1:5070")
+    with Phone(tone_wav=tone, srtp=True) as ph:                # SDES-SRTP only (RTP/SAVP)
+        ph.call(...); ph.wait_event("media")["srtp"]           # e.g. "AES_CM_128_HMAC_SHA1_80"
 
 Events (one JSON object a line, "event" plus fields):
   ready {port}                       the account is up, SIP on 127.0.0.1:port
@@ -18,7 +20,8 @@ Events (one JSON object a line, "event" plus fields):
                                      CONFIRMED, DISCONNECTED) ; "confirmed"/"disconnected"
                                      are also sent as their own events, the latter with
                                      {code, reason, duration}
-  media {call_id, codec, remote}     audio became active (codec name, remote RTP address)
+  media {call_id, codec, remote, srtp}  audio became active (codec name, remote RTP address;
+                                     srtp: the crypto suite pjmedia's SRTP runs, "" for plain)
   dtmf {call_id, digit, method}      a digit was received (onDtmfDigit)
   recorded {call_id, dbfs, seconds}  after the call: level of what the phone heard
   error {message}
@@ -35,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import tempfile
@@ -57,7 +61,7 @@ class Phone:
 
     def __init__(self, *, port: int = 0, tone_wav: Path | str | None = None,
                  auto_answer_ms: int | None = 200, answer_code: int = 200,
-                 workdir: Path | str | None = None, log_level: int = 5) -> None:  # fmt: skip
+                 workdir: Path | str | None = None, log_level: int = 5, srtp: bool = False) -> None:  # fmt: skip
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phone-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "pjsua.log"
@@ -68,6 +72,8 @@ class Phone:
             cmd += ["--play", str(tone_wav)]
         if auto_answer_ms is not None:
             cmd += ["--auto-answer-ms", str(auto_answer_ms)]
+        if srtp:
+            cmd += ["--srtp"]
         self.cmd = cmd
         self.events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
@@ -189,6 +195,12 @@ def wav_dbfs(path: Path, rate: int = 8000) -> tuple[float, float]:
     return (20 * np.log10(rms / 32768.0) if rms > 0 else float("-inf")), len(pcm) / rate
 
 
+def srtp_suite(dump: str) -> str:
+    """The suite of pjsua's call dump's "SRTP status: Active Crypto-suite: X" line, or ""."""
+    m = re.search(r"SRTP status:\s*Active\s+Crypto-suite:\s*(\S+)", dump)
+    return m.group(1) if m else ""
+
+
 def run_phone(args: Any) -> int:  # noqa: C901 (one flat event loop reads best here)
     import pjsua2 as pj
 
@@ -272,7 +284,7 @@ def run_phone(args: Any) -> int:  # noqa: C901 (one flat event loop reads best h
                     codec, remote = si.codecName, si.remoteRtpAddress
                 except Exception:  # noqa: BLE001 (diagnostics only)
                     pass
-                emit("media", call_id=ci.id, codec=codec, remote=remote)
+                emit("media", call_id=ci.id, codec=codec, remote=remote, srtp=srtp_suite(self.dump(True, "")))
 
         def onDtmfDigit(self, prm: Any) -> None:
             emit("dtmf", call_id=self.getId(), digit=prm.digit, method=int(prm.method))
@@ -295,6 +307,14 @@ def run_phone(args: Any) -> int:  # noqa: C901 (one flat event loop reads best h
     acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
     acfg.mediaConfig.transportConfig.port = args.rtp_port
     acfg.mediaConfig.transportConfig.portRange = 200
+    if args.srtp:
+        # SDES only (RFC 4568), refusing plain RTP; srtpSecureSignaling 0: over plain UDP SIP
+        # too (pjsua's default asks for TLS/sips first).
+        acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_MANDATORY
+        acfg.mediaConfig.srtpSecureSignaling = 0
+        keyings = pj.IntVector()
+        keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
+        acfg.mediaConfig.srtpOpt.keyings = keyings
     acc = PhoneAccount()
     acc.create(acfg)
 
@@ -394,6 +414,7 @@ def main() -> int:
     ap.add_argument("--record-dir", default=tempfile.gettempdir())
     ap.add_argument("--log-file", default="")
     ap.add_argument("--log-level", type=int, default=3)
+    ap.add_argument("--srtp", action="store_true", help="offer and accept SDES-SRTP only (RTP/SAVP)")
     args = ap.parse_args()
     return run_phone(args)
 

@@ -55,3 +55,34 @@ def test_a_gateways_credentials_travel_with_its_routes() -> None:
         loop.close()
     assert e.route("18005551234").credentials == Credentials("pbx1", "pw")
     assert e.route("1000").credentials is None and e.route("sip:bob@192.0.2.7").credentials is None
+
+
+def test_a_gateways_srtp_setting_travels_with_its_routes(tmp_path) -> None:
+    from switch.config import load
+
+    path = tmp_path / "srtp.toml"
+    path.write_text('gateway = "sip:10.0.0.1:5060"\ngateway_srtp = false\n'
+                    '[[outbound_routes]]\nprefix = "1800"\ngateway = "sip:10.0.0.2:5080"\nsrtp = true\n')
+    config = load(str(path), {})
+    assert config.srtp_gateways == {"sip:10.0.0.2:5080"} and config.srtp == "optional"
+    loop = asyncio.new_event_loop()
+    try:
+        e = CallEngine(loop, FakeSip(), None, None, open_media=None, launch=None,  # type: ignore[arg-type]
+                       gateways=OutboundRoutes(config.gateway, config.gateway_rules, srtp=config.srtp_gateways))
+    finally:
+        loop.close()
+    assert e.route("18005551234").srtp and not e.route("1000").srtp and not e.route("sip:bob@192.0.2.7").srtp
+
+
+@pytest.mark.parametrize("setting, message", [
+    ('srtp = "mandatory"', 'srtp must be "off", "optional" or "required"'),
+    ('gateway_srtp = "yes"', "gateway_srtp must be true or false"),
+    ('[[outbound_routes]]\nprefix = "1"\ngateway = "sip:10.0.0.2"\nsrtp = 1', "srtp of gateway 'sip:10.0.0.2'"),
+])
+def test_bad_srtp_settings_say_what_is_wrong(tmp_path, setting: str, message: str) -> None:
+    from switch.config import ConfigError, load
+
+    path = tmp_path / "bad.toml"
+    path.write_text(setting + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load(str(path), {})

@@ -92,7 +92,7 @@ def test_calls_status_and_json_errors(tmp_path: Path) -> None:
                           "from": "sip:alice@example.com", "to": "sip:2000@pbx.example.com",
                           "request_uri": "sip:2000@pbx.example.com", "state": "incoming", "age_s": 3.0, "task": 7,
                           "caller": "user:alice", "legs": [{"kind": "call", "sip_call_id": "call-1", "state": "incoming", "task": 7,
-                                    "codec": None, "rtp": None}]}]
+                                    "codec": None, "srtp": None, "rtp": None}]}]
         s = await (await http.get("/status")).json()
         assert s["live_calls"] == 1 and s["live_legs"] == 1 and s["live_tasks"] == 1 and s["mode"] == "installed"
         assert s["sip_transactions"] == 0 and s["bad_sip_messages"] == 0

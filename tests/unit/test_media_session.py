@@ -690,3 +690,66 @@ def test_rtcp_goes_to_the_rfc3605_address(run, monkeypatch):
         assert phone.received == []  # keepalive off: no RTP
 
     run(main())
+
+
+def test_srtp_leg_protects_what_it_sends_and_drops_what_fails_authentication(run, caplog, monkeypatch):
+    from dataclasses import replace
+
+    from media import rtcp, sdes
+    from media.srtp import SrtpContext
+
+    monkeypatch.setattr(rtcp, "RTCP_MIN_INTERVAL", 0.2)
+    monkeypatch.setattr(rtcp, "RTCP_BANDWIDTH_FRACTION", 1.0)
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    ours, theirs = sdes.new_key(suite), sdes.new_key(suite)
+    phone_srtp = SrtpContext(sdes.SrtpKeys(suite, theirs, ours))  # the phone's end of the keys
+
+    async def main():
+        phone, phone_rtcp = await make_phone_with_rtcp()
+        forger = await make_peer()
+        session, _, _ = await make_session(ptime=0.005, rtcp=True)
+        session.configure(replace(params_to(phone), srtp=sdes.SrtpKeys(suite, ours, theirs)))
+        assert session.srtp_suite == suite
+        relayed: list[RtpPacket] = []
+        session.on_rtp = relayed.append
+        dest = ("127.0.0.1", session.local_port)
+        session.play(tone_audio(0.1))
+        tx = RtpSender(ssrc=0x5150)
+        for _ in range(5):
+            phone.transport.sendto(phone_srtp.protect_rtp(tx.packet(b"\x55" * 160, 160, 0)), dest)
+        genuine = phone_srtp.protect_rtp(tx.packet(b"\x55" * 160, 160, 0))
+        forged = bytearray(genuine)
+        forged[30] ^= 0xFF
+        with caplog.at_level(logging.WARNING, logger="media.session"):
+            forger.transport.sendto(bytes(forged), dest)  # tampered, from another address
+            forger.transport.sendto(tx.packet(b"\x55" * 160, 160, 0), dest)  # plain RTP
+            phone.transport.sendto(genuine, dest)
+            phone.transport.sendto(genuine, dest)  # replayed
+            await asyncio.sleep(0.4)
+        # What the phone got is SRTP: not G.711 on the wire, the tone once decrypted.
+        wire = [d for d, _ in phone.received]
+        assert len(wire) >= 5 and all(len(d) == 12 + 160 + 10 for d in wire)  # + the 80-bit tag
+        plain = [parse_rtp(phone_srtp.unprotect_rtp(d)) for d in wire]
+        assert {p.ssrc for p in plain} == {session._sender.ssrc}
+        assert level_dbfs(ulaw_to_pcm(b"".join(p.payload for p in plain))) > -20
+        assert all(parse_rtp(d).payload != p.payload for d, p in zip(wire, plain, strict=True))
+        # Its reports were SRTCP, ours to it too; the forger's packets went nowhere.
+        assert phone_rtcp.received and all(parse_compound_srtcp(phone_srtp, d) for d, _ in phone_rtcp.received)
+        assert [p.payload for p in relayed] == [b"\x55" * 160] * 6
+        assert session.remote_addr == phone.addr  # not latched to the forger
+        st = session.stats()
+        assert st["srtp_dropped"] == 3 and st["packets_received"] == 6
+        drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+        assert len(drops) == 1, [r.getMessage() for r in drops]  # rate-limited: one line
+        assert "authentication failure" in drops[0].getMessage()
+        # A re-key (re-INVITE with new keys) drops the old context: the old key fails now.
+        session.configure(replace(params_to(phone), srtp=sdes.SrtpKeys(suite, ours, sdes.new_key(suite))))
+        phone.transport.sendto(phone_srtp.protect_rtp(tx.packet(b"\x55" * 160, 160, 0)), dest)
+        await asyncio.sleep(0.05)
+        assert session.stats()["srtp_dropped"] == 4 and len(relayed) == 6
+        session.close()
+
+    def parse_compound_srtcp(ctx: SrtpContext, data: bytes) -> bool:
+        return bool(rtcp.parse_compound(ctx.unprotect_rtcp(data)))
+
+    run(main())

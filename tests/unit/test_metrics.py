@@ -52,7 +52,7 @@ class CountingMedia(FakeMedia):
     def stats(self) -> dict[str, Any]:
         return {"packets_sent": self.packets_sent, "bytes_sent": 160 * self.packets_sent,
                 "packets_received": self.packets_received, "bytes_received": 160 * self.packets_received,
-                "lost": 3, "peer_cumulative_lost": None}
+                "lost": 3, "peer_cumulative_lost": None, "srtp_dropped": 2}
 
 
 class Clock:
@@ -180,6 +180,8 @@ def test_an_answered_call_live_then_counted_with_its_duration_and_rtp(rig: Metri
     assert value(done, "softswitch_rtp_packets_total", direction="sent") == 260  # no dip when the call ends
     assert value(done, "softswitch_rtp_packets_lost_total", direction="received") == 3
     assert value(done, "softswitch_rtp_packets_lost_total", direction="sent") == 0  # no RTCP report from the peer
+    assert value(live, "softswitch_srtp_packets_dropped_total") == 0
+    assert value(done, "softswitch_srtp_packets_dropped_total") == 2
     assert value(done, "softswitch_call_duration_seconds_count") == 1
     assert value(done, "softswitch_call_duration_seconds_sum") == pytest.approx(42.0)
     assert value(done, "softswitch_call_duration_seconds_bucket", le="30.0") == 0
