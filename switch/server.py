@@ -152,8 +152,14 @@ class Switch:
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         # SIP last: no INVITE may arrive before the engine and the apps are ready.
         await self.sip.listen(host, port)
-        logger.info("softswitch listening on udp+tcp %s (%s), rtp %s, app %s, data %s",
-                    join_hostport(*self.sip.local_addr), family_names(self.engine.addresses.families),
+        tls_server, self.sip.client_tls = cfg.tls_contexts()  # (checked at load: the files may have changed)
+        tls = cfg.tls_listen_addr
+        if tls is not None and tls_server is not None:
+            await self.sip.listen_tls(*tls, tls_server)
+        logger.info("softswitch listening on udp+tcp %s%s (%s), rtp %s, app %s, data %s",
+                    join_hostport(*self.sip.local_addr),
+                    f", tls {join_hostport(*self.sip.tls_addr)}" if self.sip.tls_addr else "",
+                    family_names(self.engine.addresses.families),
                     cfg.rtp_ports, cfg.app or "installed apps", cfg.data_path)
 
     def _load_app(self) -> None:

@@ -200,7 +200,7 @@ class Switchboard:
             raise
         if bridge.broken:  # broken while the name was looked up
             raise CallError("StartBridgedCall: the bridge is gone (the caller hung up or it was broken)")
-        leg = call.add_egress(bridge, route.uri, addr, TaskSink(task.tid, task.post), route.credentials)
+        leg = call.add_egress(bridge, route.uri, addr, TaskSink(task.tid, task.post), route.credentials, route.tls)
         # The task owns the leg from the start: IsConnected() and Disconnect() see it
         # while the INVITE is being placed.
         task.attach_leg(call.control(leg))

@@ -42,7 +42,8 @@ from ..sip.transaction import ClientTransaction, InviteServerTransaction, Server
 from ..sip.transport import SipTransport
 from ..security.access import AccessPolicy, Refusal
 from ..sip.uas import uas_refusal
-from ..sip.uri import SipUri
+from ..sip.tls import TlsError
+from ..sip.uri import SipUri, join_hostport
 from ..tasks.boundary import CallError
 from .addressing import LocalAddresses
 from .admission import Admission
@@ -107,21 +108,35 @@ class CallEngine:
         sip.user = self
 
     # ------------------------------------------------------------------ addressing
-    def local_for(self, peer_host: str, media_ip: str | None = None) -> Local:
+    def local_for(self, peer_host: str, media_ip: str | None = None, transport: str = "UDP") -> Local:
         """How a leg to ``peer_host`` (an IP) names us (Contact, Via, SDP): the configured
         advertise address, the listen address, or the interface that routes to it
-        (``addressing.py``); ``media_ip``: our RTP address when the SDP's family differs."""
+        (``addressing.py``); ``media_ip``: our RTP address when the SDP's family differs;
+        over TLS, our TLS port (without a TLS listener, the SIP port: the peer then only
+        reaches us over the connection we opened)."""
         ip = self.addresses.sip(peer_host)
-        return Local(ip, self.sip.local_addr[1], media_ip if media_ip != ip else None)
+        tls = self.sip.tls_addr
+        port = tls[1] if transport == "TLS" and tls is not None else self.sip.local_addr[1]
+        return Local(ip, port, media_ip if media_ip != ip else None)
 
-    def has_connection(self, addr: Addr) -> bool:
-        """A live TCP connection from that address (a phone registered over TCP)."""
-        return addr in self.sip.streams
+    def transport_of(self, addr: Addr) -> str:
+        """"TCP"/"TLS" when a connection from ``addr`` is up (a phone registered over it),
+        else "UDP"."""
+        return self.sip.transport_of(addr)
+
+    async def connect_tls(self, addr: Addr, server_name: str) -> None:
+        """A TLS connection to ``addr`` whose certificate names ``server_name`` (a live one
+        is reused); CallError 503 saying why not (RFC 3261 §8.1.3.1: a transport error)."""
+        try:
+            await self.sip.connect_tls(addr, server_name)
+        except TlsError as exc:
+            raise CallError(f"TLS to {server_name} ({join_hostport(*addr)}) failed: {exc.reason}", 503) from None
 
     def _is_us(self, uri: SipUri) -> bool:
         # A To header usually has no port (RFC 3261 §19.1.1 keeps it out of To/From), so
         # a port-less URI naming one of our addresses is us, whatever port we listen on.
-        if uri.port is not None and uri.port != self.sip.local_addr[1]:
+        ports = (self.sip.local_addr[1], self.sip.tls_addr[1] if self.sip.tls_addr else None)
+        if uri.port is not None and uri.port not in ports:
             return False
         return self.addresses.is_ours(uri.host.strip("[]"))
 
@@ -396,6 +411,7 @@ class CallEngine:
             self._reply(txn, invite, 406, headers={"accept": SDP, "warning": '399 - "we answer with application/sdp"'})
             return
         offer = None
+        transport = self.sip.transport_of(txn.addr) if txn.reliable else "UDP"
         if invite.body:
             ctype = (invite.get("content-type") or "").split(";")[0].strip().lower()
             if ctype != SDP:
@@ -405,32 +421,32 @@ class CallEngine:
             try:
                 # Refused before any call or task exists; in a family we serve (RFC 4566 §5.7).
                 offer = parse_offer(invite.body, self.addresses.families)
-                local = self._local_for_offer(txn.addr[0], offer)
+                local = self._local_for_offer(txn.addr[0], offer, transport)
             except OfferAnswerError as exc:
                 self._count_refusal("bad-sdp")
                 self._reply(txn, invite, exc.status, exc.reason, headers=exc.headers)
                 return
         else:
-            local = self.local_for(txn.addr[0])  # we offer, in the family the caller came in
-        leg = InboundLeg(txn, invite, offer, local, now, caller=str(caller))
+            local = self.local_for(txn.addr[0], transport=transport)  # we offer, in the caller's family
+        leg = InboundLeg(txn, invite, offer, local, now, caller=str(caller), transport=transport)
         call = Call(self, leg, caller, self.access.call_started(caller))
         self.calls[leg.key] = call
         self.adopt(call, leg)
         self.calls_started += 1
         call.start(self._launch)
 
-    def _local_for_offer(self, caller: str, offer: SessionDescription) -> Local:
+    def _local_for_offer(self, caller: str, offer: SessionDescription, transport: str = "UDP") -> Local:
         """Our addresses for a caller whose offer is in a family we serve: the answer's
         c= is our address in the offer's family, facing its c= address (RFC 4566 §5.7;
         it may differ from the family the SIP came in). 488 with Warning 301 when we
         have none (this host has no IPv6 address, say)."""
         addrtype, peer_media = offer_media(offer)
         if addrtype is None:
-            return self.local_for(caller)
+            return self.local_for(caller, transport=transport)
         media_ip = self.addresses.media(FAMILIES[addrtype], peer_media, caller)
         if media_ip is None:
             raise OfferAnswerError(488, f"no {addrtype} address of ours reaches {peer_media}", 301)
-        return self.local_for(caller, media_ip)
+        return self.local_for(caller, media_ip, transport)
 
     # ------------------------------------------------------------------ shutdown
     def stop_all(self, why: str) -> list[asyncio.Future[None]]:

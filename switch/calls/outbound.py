@@ -41,16 +41,16 @@ class OutboundLeg(Leg):
     }
 
     def __init__(self, target: SipUri, addr: tuple[str, int], caller: NameAddr | None,
-                 codecs: tuple[str, ...], local: Local, now: float, over_tcp: bool = False,
+                 codecs: tuple[str, ...], local: Local, now: float, transport: str = "UDP",
                  credentials: Credentials | None = None) -> None:
+        # transport "TCP"/"TLS": the callee registered over that connection, or the route
+        # asked for TLS (the engine connects before the INVITE): our Via, Contact and every
+        # request of the dialog go over that connection (RFC 5626 style flow reuse).
         super().__init__(f"{new_branch()[7:]}@softswitch", local, LegState.CALLING,
-                         OfferAnswer(local.rtp_ip, codecs=codecs), now)
+                         OfferAnswer(local.rtp_ip, codecs=codecs), now, transport)
         self.target = target
         self.addr = addr
         self.caller = caller
-        # The callee registered over TCP: our Via, Contact and every request of the dialog
-        # go over the connection it opened (RFC 5626 style flow reuse).
-        self.over_tcp = over_tcp
         self.invite: SipRequest | None = None
         self.credentials = credentials
         self._authenticated = False  # one retry with credentials per call, never a loop
@@ -66,8 +66,8 @@ class OutboundLeg(Leg):
         self.first_response_at: float | None = None
 
     @property
-    def tcp(self) -> bool:
-        return self.over_tcp
+    def sips(self) -> bool:
+        return self.target.scheme == "sips"
 
     @property
     def finished(self) -> bool:
@@ -93,13 +93,13 @@ class OutboundLeg(Leg):
         from_user = (self.caller.sip_uri.user if self.caller else None) or "softswitch"
         display = f'"{self.caller.display}" ' if self.caller and self.caller.display else ""
         headers: dict[str, list[str]] = {
-            "via": [f"SIP/2.0/{'TCP' if self.tcp else 'UDP'} {self.local.sent_by};branch={new_branch()};rport"],
+            "via": [f"SIP/2.0/{self.transport} {self.local.sent_by};branch={new_branch()};rport"],
             "max-forwards": ["70"],
             "from": [f"{display}<sip:{from_user}@{join_hostport(self.local.ip)}>;tag={self.local_tag}"],
             "to": [f"<{self.target}>"],
             "call-id": [self.call_id],
             "cseq": ["1 INVITE"],
-            "contact": [self.local.contact(self.tcp)],
+            "contact": [self.contact],
             "allow": [ALLOW],
             "content-type": [SDP],
         }
@@ -192,7 +192,7 @@ class OutboundLeg(Leg):
         if "opaque" in params:
             value += f', opaque="{params["opaque"]}"'
         headers = {name: list(values) for name, values in old.headers.items()}
-        headers["via"] = [f"SIP/2.0/{'TCP' if self.tcp else 'UDP'} {self.local.sent_by};branch={new_branch()};rport"]
+        headers["via"] = [f"SIP/2.0/{self.transport} {self.local.sent_by};branch={new_branch()};rport"]
         headers["cseq"] = [f"{old.cseq.number + 1} INVITE"]
         headers["authorization" if challenge.status == 401 else "proxy-authorization"] = [value]
         self.invite = SipRequest("INVITE", old.uri, headers, old.body)
@@ -227,9 +227,9 @@ class OutboundLeg(Leg):
             else:
                 self._refuse_fork(response)
             return
-        self.dialog = Dialog.as_uac(self.invite, response, self.local.contact(self.tcp))
-        if self.tcp:  # ACK and BYE go over the callee's connection too
-            self.dialog.transport, self.dialog.connection = "TCP", self.addr
+        self.dialog = Dialog.as_uac(self.invite, response, self.contact)
+        if self.over_connection:  # ACK and BYE go over the callee's connection too
+            self.dialog.transport, self.dialog.connection = self.transport, self.addr
         self._send_ack()
         if self.state is LegState.ENDED:
             # Answered after we gave up (our CANCEL crossed the 200): end it properly.
@@ -249,7 +249,7 @@ class OutboundLeg(Leg):
         """§13.2.2.4: a forking proxy let a second callee answer. We keep the first
         dialog; the second is ACKed (as the RFC requires) and then hung up with BYE."""
         assert self.invite is not None
-        extra = Dialog.as_uac(self.invite, response, self.local.contact())
+        extra = Dialog.as_uac(self.invite, response, self.contact)
         ack = extra.create_request("ACK", self.local.sent_by, cseq=self.invite.cseq.number)
         self.outbox.append(SendStateless(ack, extra.next_hop(ack)))
         bye = extra.create_request("BYE", self.local.sent_by)

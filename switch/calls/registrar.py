@@ -45,7 +45,7 @@ class Binding:
     contact: str  # the Contact URI
     source: Addr  # where the REGISTER came from (used when the phone is behind NAT)
     expires_at: float
-    over_tcp: bool = False  # the REGISTER came over a TCP connection: calls reuse it
+    over_tcp: bool = False  # the REGISTER came over a TCP or TLS connection: calls reuse it
 
     def target(self) -> tuple[SipUri, Addr]:
         """Where to send a call: over the phone's own connection if it registered over

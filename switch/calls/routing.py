@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from ..sip.dialog import uri_address
+from ..sip.dialog import uri_address, uri_wants_tls
 from ..sip.uri import NameAddr, SipUri, UriError
 from ..security.access import DialTarget
 from ..tasks.boundary import CallError
@@ -20,6 +20,23 @@ class Route(NamedTuple):
     addr: Addr  # where to send it; the host may be a name (CallEngine.resolve looks it up)
     target: DialTarget  # what it is: dial-out permission depends on it
     credentials: Credentials | None = None  # what the gateway may challenge us for (401/407)
+
+    @property
+    def tls(self) -> bool:
+        """The call must go over TLS (a ``sips:`` URI or ``;transport=tls``)."""
+        return uri_wants_tls(self.uri)
+
+    @property
+    def server_name(self) -> str:
+        """The name the peer's certificate must carry (RFC 5922 §7.2: the URI's host)."""
+        return self.uri.host.strip("[]")
+
+
+def _hop(scheme: str, user: str | None, over: SipUri) -> SipUri:
+    """The Request-URI for ``user`` at ``over``'s host, keeping what says how to get
+    there (its scheme and ``;transport=``) and nothing else of ``over``."""
+    transport = over.params.get("transport")
+    return SipUri(scheme, user, over.host, over.port, {"transport": transport} if transport else {})
 
 
 class OutboundRoutes:
@@ -56,11 +73,13 @@ class Router:
         text = dest.strip()
         if ":" in text:
             try:
-                uri = NameAddr.parse(text).sip_uri
+                # A bare URI's ;params are its own (;transport=tls), not header parameters
+                # as they would be in a To header without <> (RFC 3261 §20.10).
+                uri = NameAddr.parse(text).sip_uri if "<" in text else SipUri.parse(text)
             except (UriError, ValueError):
                 raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number", 400) from None
             if uri.scheme != "tel" and not self.is_us(uri):
-                direct = SipUri("sip", uri.user, uri.host, uri.port)
+                direct = _hop(uri.scheme, uri.user, uri)
                 return Route(direct, uri_address(direct), DialTarget.URI)
             user = uri.user or ""
         else:
@@ -76,5 +95,5 @@ class Router:
             raise CallError(f"StartBridgedCall: no route for {user!r}{hint}: configure a gateway "
                             "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)", 404)
         gateway, credentials = found
-        target = SipUri("sip", user, gateway.host, gateway.port)
+        target = _hop(gateway.scheme, user, gateway)
         return Route(target, uri_address(target), DialTarget.GATEWAY, credentials)

@@ -11,6 +11,7 @@ from switch.tasks.boundary import CallError
 
 class FakeSip:
     local_addr = ("127.0.0.1", 5070)
+    tls_addr = ("127.0.0.1", 5071)
     user = None
 
 
@@ -55,3 +56,24 @@ def test_a_gateways_credentials_travel_with_its_routes() -> None:
         loop.close()
     assert e.route("18005551234").credentials == Credentials("pbx1", "pw")
     assert e.route("1000").credentials is None and e.route("sip:bob@192.0.2.7").credentials is None
+
+
+@pytest.mark.parametrize("dest, expected, addr", [
+    ("sips:bob@pbx.example.com", "sips:bob@pbx.example.com", ("pbx.example.com", 5061)),  # RFC 3263 §4.2
+    ("sip:bob@192.0.2.7;transport=TLS", "sip:bob@192.0.2.7;transport=TLS", ("192.0.2.7", 5061)),
+    ("sips:bob@[2001:db8::7]:5071", "sips:bob@[2001:db8::7]:5071", ("2001:db8::7", 5071)),
+    ("sip:1000@127.0.0.1:5071", "sip:1000@10.0.0.1:5060", ("10.0.0.1", 5060)),  # our TLS port is us too
+])
+def test_a_dialled_tls_uri_keeps_its_scheme_and_transport_and_defaults_to_5061(dest, expected, addr):
+    route = engine().route(dest)
+    assert str(route.uri) == expected and route.addr == addr
+    assert route.tls == (addr[1] != 5060)
+
+
+def test_a_tls_gateway_gets_the_number_in_its_own_scheme_and_transport():
+    e = engine(default="sips:trunk.example.net", routes=(("1800", "sip:10.0.0.2;transport=tls;lr"),))
+    one, two = e.route("1000"), e.route("18005551234")
+    assert (str(one.uri), one.addr, one.tls, one.server_name) == (
+        "sips:1000@trunk.example.net", ("trunk.example.net", 5061), True, "trunk.example.net")
+    assert (str(two.uri), two.addr, two.tls) == ("sip:18005551234@10.0.0.2;transport=tls", ("10.0.0.2", 5061), True)
+    assert not engine().route("1000").tls
