@@ -19,7 +19,9 @@ transport's ``sendto()``. A new call's destination is resolved before its leg ex
 Contact or Record-Route with a name, RFC 3261 §12.2.1.1): ``transmit`` sends it at once
 when the name is cached, else holds it, and every later request of that leg behind it,
 until the lookup ends, so the leg's requests keep their order. A lookup that fails is,
-for the leg, a 503 to that request (RFC 3261 §8.1.3.1: a transport failure).
+for the leg, a 503 to that request (RFC 3261 §8.1.3.1: a transport failure). A leg over
+TLS whose connection has closed is held the same way while a new connection is made (and
+its peer's certificate checked again); nothing of a TLS leg is ever sent over UDP.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .admission import Admission
 from .call import Call, TaskSink
 from .inbound import InboundLeg
 from .leg import ALLOW, KNOWN_NOT_ALLOWED, Leg, Local, Respond, Send, SendStateless
+from .outbound import OutboundLeg
 from .offer_answer import FAMILIES, SDP, OfferAnswerError, offer_media, parse_offer
 from .registrar import Registrar
 from .routing import OutboundRoutes, Route, Router
@@ -195,6 +198,8 @@ class CallEngine:
                     continue
                 held = self._held.get(leg)
                 addr = self.resolver.cached(item.addr) if held is None else None
+                if addr is not None and leg.transport == "TLS" and self.sip.transport_of(addr) != "TLS":
+                    addr = None  # its TLS connection is gone: held until a new one is up
                 if addr is not None:
                     self._send(leg, item, addr)
                 elif held is not None:
@@ -218,15 +223,20 @@ class CallEngine:
             self._txns_of.setdefault(leg, []).append(txn)
 
     async def _send_held(self, leg: Leg) -> None:
-        """Resolve the next hop of each request ``leg`` holds, in order, and send it; a
-        request whose name does not resolve is answered 503 for the leg (§8.1.3.1)."""
+        """Resolve the next hop of each request ``leg`` holds, in order, and send it; on a
+        TLS leg whose connection closed, connect again first (RFC 3261 §18.1.1: the client
+        opens a new connection; we never fall back to UDP). A request whose name does not
+        resolve, or whose peer takes no new TLS connection, is answered 503 for the leg
+        (§8.1.3.1)."""
         held = self._held[leg]
         try:
             while held:
                 item = held[0]
                 try:
                     addr = await self.resolver.resolve(item.addr)
-                except ResolveError as exc:
+                    if leg.transport == "TLS" and self.sip.transport_of(addr) != "TLS":
+                        await self.connect_tls(addr, _server_name(leg, addr))
+                except (ResolveError, CallError) as exc:
                     held.popleft()
                     self._unreachable(leg, item, exc)
                     continue
@@ -236,7 +246,7 @@ class CallEngine:
             self._held.pop(leg, None)
         self._pump(leg)  # what the leg queued meanwhile, or made of a failure
 
-    def _unreachable(self, leg: Leg, item: Send | SendStateless, exc: ResolveError) -> None:
+    def _unreachable(self, leg: Leg, item: Send | SendStateless, exc: ResolveError | CallError) -> None:
         request = item.message if isinstance(item, SendStateless) else item.request
         leg.log.warning("%s %s: %s not sent: %s", leg.kind, leg.call_id, request.method, exc)
         if isinstance(item, Send) and item.track and leg in self.legs:
@@ -460,6 +470,14 @@ class CallEngine:
             task.cancel()
         self._held.clear()  # (a task cancelled before its first step never runs its finally)
         self.resolver.close()
+
+
+def _server_name(leg: Leg, addr: Addr) -> str:
+    """The name a TLS peer's certificate must carry: the host we called (RFC 5922 §7.2), or
+    for a caller's leg its address (a phone is reached again at its Contact's address)."""
+    if isinstance(leg, OutboundLeg):
+        return leg.target.host.strip("[]")
+    return addr[0]
 
 
 def _accepts_sdp(accept: str | None) -> bool:

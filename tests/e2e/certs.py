@@ -1,4 +1,5 @@
-"""Certificates the TLS tests make for themselves with the `openssl` command line.
+"""Certificates the TLS tests make for themselves with the `openssl` command line, and the
+switch flags that use them.
 
 `make_pki(dir)`: a test CA; a server certificate it signs for 127.0.0.1 and localhost
 (what the switch and the TLS peers present); and a self-signed "rogue" certificate for
@@ -11,6 +12,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from .harness import LOCALHOST, SwitchProcess, free_tcp_port
 
 NAMES = "subjectAltName=IP:127.0.0.1,DNS:localhost"
 
@@ -48,3 +51,14 @@ def make_pki(directory: Path) -> Pki:
     _openssl("req", "-x509", "-new", "-key", str(rogue_key), "-out", str(rogue), "-days", "2",
              "-subj", "/CN=127.0.0.1", "-addext", NAMES)
     return Pki(ca, cert, key, rogue, rogue_key)
+
+
+def tls_args(pki: Pki) -> list[str]:
+    """Switch flags: a TLS listener on a free port with the CA's certificate, trusting that CA."""
+    return ["--tls-listen", f"{LOCALHOST}:{free_tcp_port()}", "--tls-cert", str(pki.cert),
+            "--tls-key", str(pki.key), "--tls-ca-file", str(pki.ca)]
+
+
+def tls_port(sw: SwitchProcess) -> int:
+    """The port `tls_args` gave the switch."""
+    return int(sw.extra_args[sw.extra_args.index("--tls-listen") + 1].rsplit(":", 1)[1])

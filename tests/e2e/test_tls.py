@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .certs import Pki, make_pki
+from .certs import Pki, tls_args, tls_port
 from .harness import (
     ANSWER,
     LOCALHOST,
@@ -43,6 +43,7 @@ from .harness import (
     write_tone_wav,
 )
 from .phone import Phone, PhoneTls
+from .test_metrics import metric, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -55,21 +56,6 @@ def pjsip_saw(phone: Phone, direction: str, what: str) -> list[str]:
     """pjsip's log lines for `what` ("Request msg BYE") `direction` "RX"/"TX", with the
     transport they travelled over."""
     return re.findall(rf"{direction} \d+ bytes {what}/cseq=\d+ \([^)]*\) (?:from|to) (\w+) ", phone.log_text())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def tls_args(pki: Pki) -> list[str]:
-    """The switch's TLS listener (on a free port) with the test CA's certificate, trusting that CA."""
-    return ["--tls-listen", f"{LOCALHOST}:{free_tcp_port()}", "--tls-cert", str(pki.cert),
-            "--tls-key", str(pki.key), "--tls-ca-file", str(pki.ca)]
-
-
-def tls_port(sw: SwitchProcess) -> int:
-    return int(sw.extra_args[sw.extra_args.index("--tls-listen") + 1].rsplit(":", 1)[1])
 
 
 @pytest.fixture
@@ -193,7 +179,7 @@ def tls_options(addr: tuple[str, int], ca: Path) -> bytes:
 
 
 def test_plain_sip_sent_to_the_tls_port_is_closed_and_logged_and_tls_still_serves(switch, pki: Pki):
-    sw = switch("reject486", tls_args(pki))
+    sw = switch("reject486", [*tls_args(pki), "--control", f"{LOCALHOST}:{free_tcp_port()}"])
     addr = (LOCALHOST, tls_port(sw))
     with socket.create_connection(addr, timeout=3) as conn:
         conn.sendall(sip_request("OPTIONS", addr, conn.getsockname()[:2]))
@@ -203,6 +189,9 @@ def test_plain_sip_sent_to_the_tls_port_is_closed_and_logged_and_tls_still_serve
     answer = tls_options(addr, pki.ca)
     assert answer.startswith(b"SIP/2.0 200 "), answer
     assert b"Via: SIP/2.0/TLS" in answer, answer
+    samples = scrape(sw)
+    assert metric(samples, "softswitch_sip_tls_failures_total") == 1, samples
+    assert metric(samples, "softswitch_sip_tcp_connections") == 0, samples
     stop_clean(sw)
 
 

@@ -339,6 +339,40 @@ def test_a_tls_route_connects_first_and_names_tls_in_via_and_contact(
     rig.assert_nothing_left()
 
 
+def tls_bridged_call(rig: Rig) -> SipResponse:
+    """A call bridged to the TLS gateway, answered both ways: our 200 to the caller."""
+    egress, offer = bridge(rig)
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    (out_invite,) = rig.sip.take()
+    assert isinstance(out_invite, SipRequest)
+    callee_reply(rig, 200, out_invite, SDP)
+    rig.run(asyncio.sleep(0.01))
+    ack, ok = rig.sip.take()
+    assert isinstance(ok, SipResponse) and ok.status == 200
+    rig.sip.deliver(from_caller("ACK", ok, 1), PHONE)
+    return ok
+
+
+@pytest.mark.parametrize("refused", [None, "cannot connect to 127.0.0.1:5090: Connection refused"])
+def test_a_tls_leg_whose_connection_closed_connects_again_for_its_bye_or_fails_it_never_udp(
+        loop: asyncio.AbstractEventLoop, refused: str | None) -> None:
+    rig = Rig(loop, gateway=f"sips:{CALLEE[0]}:{CALLEE[1]}")
+    ok = tls_bridged_call(rig)
+    rig.sip.tls_connected.clear()  # the gateway closed the connection mid-call
+    rig.sip.tls_refusal = refused
+    rig.sip.deliver(from_caller("BYE", ok, 2), PHONE)
+    assert statuses(rig.sip.take()) == [200]  # the caller's BYE is answered; ours waits for a connection
+    rig.run(asyncio.sleep(0.01))
+    if refused is None:
+        assert rig.sip.tls_connected == [(CALLEE, CALLEE[0])]  # connected again, the name checked again
+        (bye,) = rig.sip.take()
+        assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.headers["via"][0].startswith("SIP/2.0/TLS")
+        rig.sip.deliver(make_response(bye, 200), CALLEE)
+    else:
+        assert rig.sip.take() == []  # not sent at all: the leg ends as if the BYE got a 503
+    rig.assert_nothing_left()
+
+
 def test_a_failed_tls_handshake_fails_the_leg_with_503_and_sends_nothing(loop: asyncio.AbstractEventLoop) -> None:
     rig = Rig(loop, gateway=f"sips:{CALLEE[0]}:{CALLEE[1]}")
     rig.sip.tls_refusal = "the peer's certificate was refused: self-signed certificate"
