@@ -43,6 +43,9 @@ examples:
   softswitch run                                  # 0.0.0.0:5060, installed apps
   softswitch installapp default git /srv/git/app 0a3124f   # from another shell
   softswitch run --listen 127.0.0.1:5070 --app ./myapp --log-level debug
+  softswitch run --tls-listen 0.0.0.0:5061 --tls-cert cert.pem --tls-key key.pem
+                                                  # also SIP over TLS; phones dial
+                                                  # sip:1000@HOST:5061;transport=tls
   sipp -sn uac 127.0.0.1:5060 -m 1               # place a test call
 """
 

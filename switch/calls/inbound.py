@@ -49,7 +49,9 @@ class InboundLeg(Leg):
 
     @property
     def sips(self) -> bool:
-        return self.invite.uri[:5].lower() == "sips:"
+        # (a sips: Request-URI that came in the clear gets our plain Contact: ours for
+        # SIPS is the TLS port, which that caller did not use)
+        return self.transport == "TLS" and self.invite.uri[:5].lower() == "sips:"
 
     @property
     def finished(self) -> bool:
