@@ -39,6 +39,7 @@ from .config import DEFAULT_APP, Config
 from .security.access import AccessPolicy
 from .control.api import ControlApi
 from .metrics import SwitchMetrics
+from .sip.dialog import uri_wants_tls
 from .sip.message import SipRequest
 from .sip.transaction import TransactionLayer
 from .sip.resolver import family_names
@@ -156,6 +157,12 @@ class Switch:
         tls = cfg.tls_listen_addr
         if tls is not None and tls_server is not None:
             await self.sip.listen_tls(*tls, tls_server)
+        if tls is None:
+            for gateway in self.engine.router.gateways.gateways():
+                if uri_wants_tls(gateway):
+                    logger.warning("gateway %s is called over TLS but the switch has no --tls-listen: its requests "
+                                   "to us (a BYE, a re-INVITE) can only come over the connection we opened; set "
+                                   "--tls-listen HOST:5061", gateway)
         logger.info("softswitch listening on udp+tcp %s%s (%s), rtp %s, app %s, data %s",
                     join_hostport(*self.sip.local_addr),
                     f", tls {join_hostport(*self.sip.tls_addr)}" if self.sip.tls_addr else "",

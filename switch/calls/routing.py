@@ -51,6 +51,10 @@ class OutboundRoutes:
         self.routes = sorted(((p, (SipUri.parse(g), creds.get(g))) for p, g in routes or []),
                              key=lambda r: -len(r[0]))
 
+    def gateways(self) -> list[SipUri]:
+        """Every configured gateway, the default last."""
+        return [gateway for _, (gateway, _) in self.routes] + ([self.default[0]] if self.default else [])
+
     def gateway_for(self, user: str) -> tuple[SipUri, Credentials | None] | None:
         for prefix, gateway in self.routes:
             if user.startswith(prefix):

@@ -77,3 +77,4 @@ def test_a_tls_gateway_gets_the_number_in_its_own_scheme_and_transport():
         "sips:1000@trunk.example.net", ("trunk.example.net", 5061), True, "trunk.example.net")
     assert (str(two.uri), two.addr, two.tls) == ("sip:18005551234@10.0.0.2;transport=tls", ("10.0.0.2", 5061), True)
     assert not engine().route("1000").tls
+    assert [str(g) for g in e.router.gateways.gateways()] == ["sip:10.0.0.2;transport=tls;lr", "sips:trunk.example.net"]
