@@ -3,6 +3,8 @@ sans-I/O TlsSession driven pairwise in memory, and the tls_* config keys."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -11,7 +13,12 @@ import pytest
 
 from e2e.certs import Pki, make_pki
 from switch.config import ConfigError, load
+from switch.sip.events import RequestReceived, ResponseReceived, SipEvent
+from switch.sip.listeners import bind_listeners
+from switch.sip.message import SipRequest, make_response, parse_message
 from switch.sip.tls import TlsConfigError, TlsError, TlsSession, client_context, server_context
+from switch.sip.transport import SipTransport
+from test_sip_listeners import _Datagrams
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +141,110 @@ def test_the_tls_keys_are_checked_when_the_config_loads(pki: Pki) -> None:
         load(None, {"tls_listen": "::1:5061", **good})
     with pytest.raises(ConfigError, match="not the key of tls_cert"):
         load(None, {"tls_listen": "127.0.0.1:5061", "tls_cert": str(pki.cert), "tls_key": str(pki.rogue_key)})
+
+
+# ---------------------------------------------------------------------- the transport, on loopback
+class Answerer:
+    """Answers every request 200 and notes the transport it came over."""
+
+    def __init__(self, sip: SipTransport) -> None:
+        self.sip = sip
+        self.came_over: list[str] = []
+
+    def handle_sip_event(self, event: SipEvent) -> None:
+        if isinstance(event, RequestReceived):
+            self.came_over.append(self.sip.transport_of(event.transaction.addr))
+            self.sip.send_response(event.transaction, make_response(event.request, 200))
+
+
+def options_over(transport: str, here: tuple[str, int]) -> SipRequest:
+    request = parse_message((f"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{transport} {here[0]}:{here[1]};"
+                             f"branch=z9hG4bK-{here[1]};rport\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\n"
+                             f"To: <sip:s@127.0.0.1>\r\nCall-ID: {here[1]}@t\r\nCSeq: 1 OPTIONS\r\n"
+                             "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+    assert isinstance(request, SipRequest)
+    return request
+
+
+class Catcher:
+    def __init__(self) -> None:
+        self.responses: list[int] = []
+
+    def handle_sip_event(self, event: SipEvent) -> None:
+        if isinstance(event, ResponseReceived):
+            self.responses.append(event.response.status)
+
+
+def test_a_tls_connection_we_open_carries_requests_and_is_never_replaced_by_udp(
+        loop: asyncio.AbstractEventLoop, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        server = SipTransport(loop)
+        server.user = answerer = Answerer(server)
+        await server.listen_tls("127.0.0.1", 0, server_context(str(pki.cert), str(pki.key)))
+        assert server.tls_addr is not None
+        client = SipTransport(loop)
+        client.user = catcher = Catcher()
+        client.client_tls = client_context(str(pki.ca))
+        await client.connect_tls(server.tls_addr, "127.0.0.1")
+        assert client.transport_of(server.tls_addr) == "TLS"
+        await client.connect_tls(server.tls_addr, "127.0.0.1")  # reused, not a second connection
+        assert len(client.streams) == 1
+        client.send_request(options_over("TLS", client.streams[server.tls_addr].transport.get_extra_info(
+            "sockname")[:2]), server.tls_addr)
+        for _ in range(100):
+            if catcher.responses:
+                break
+            await asyncio.sleep(0.01)
+        assert catcher.responses == [200] and answerer.came_over == ["TLS"]
+        # The server goes away: what is meant for it is not sent over UDP instead.
+        server.close()
+        for _ in range(100):
+            if not client.streams:
+                break
+            await asyncio.sleep(0.01)
+        assert not client.streams and server.tls_addr in client.secure_peers
+        datagrams = client.transport = _Datagrams()  # type: ignore[assignment]
+        client.send_stateless(options_over("TLS", ("127.0.0.1", 1)), server.tls_addr)
+        assert datagrams.sent == []
+        assert f"not sending to 127.0.0.1:{server.tls_addr[1]}: its TLS connection is closed" in caplog.text
+        client.transport = None
+        client.close()
+
+    loop.run_until_complete(run())
+
+
+def test_an_untrusted_server_or_plain_sip_on_the_tls_port_fails_and_is_counted(
+        loop: asyncio.AbstractEventLoop, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        server = SipTransport(loop)
+        await server.listen_tls("127.0.0.1", 0, server_context(str(pki.rogue_cert), str(pki.rogue_key)))
+        assert server.tls_addr is not None
+        client = SipTransport(loop)
+        client.client_tls = client_context(str(pki.ca))
+        with pytest.raises(TlsError, match="certificate was refused: self.signed"):
+            await client.connect_tls(server.tls_addr, "127.0.0.1")
+        assert client.tls_failures == 1 and not client.streams
+        reader, writer = await asyncio.open_connection(*server.tls_addr)
+        writer.write(options_over("TCP", writer.get_extra_info("sockname")[:2]).__bytes__())
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed at once
+        writer.close()
+        for _ in range(100):  # the server also saw the client refuse its certificate
+            if server.tls_failures == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert server.tls_failures == 2 and not server.streams
+        # One line per address a minute: the refused certificate's; the plain SIP is folded in.
+        assert "failed: the peer does not trust our certificate (unknown CA)" in caplog.text
+        assert "not TLS" not in caplog.text
+        server.close()
+        client.close()
+
+    loop.run_until_complete(run())
+
+
+def test_tls_listens_on_tcp_only() -> None:
+    bound = bind_listeners("127.0.0.1", 0, kinds=(socket.SOCK_STREAM,))
+    try:
+        assert bound.udp == [] and len(bound.tcp) == 1
+    finally:
+        bound.close()
