@@ -18,7 +18,7 @@ from switch.sip.listeners import bind_listeners
 from switch.sip.message import SipRequest, make_response, parse_message
 from switch.sip.tls import TlsConfigError, TlsError, TlsSession, client_context, server_context
 from switch.sip.transport import SipTransport
-from test_sip_listeners import _Datagrams
+from test_sip_listeners import _Datagrams, _has_ipv6
 
 
 @pytest.fixture(scope="module")
@@ -242,9 +242,15 @@ def test_an_untrusted_server_or_plain_sip_on_the_tls_port_fails_and_is_counted(
     loop.run_until_complete(run())
 
 
-def test_tls_listens_on_tcp_only() -> None:
+def test_tls_listens_on_tcp_only_in_one_family_or_both() -> None:
     bound = bind_listeners("127.0.0.1", 0, kinds=(socket.SOCK_STREAM,))
     try:
         assert bound.udp == [] and len(bound.tcp) == 1
     finally:
         bound.close()
+    if _has_ipv6():  # --tls-listen [::]:5061: an IPv6 and an IPv4 socket, like --listen
+        bound = bind_listeners("::", 0, kinds=(socket.SOCK_STREAM,))
+        try:
+            assert bound.udp == [] and [s.family for s in bound.tcp] == [socket.AF_INET6, socket.AF_INET]
+        finally:
+            bound.close()
