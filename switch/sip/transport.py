@@ -39,9 +39,9 @@ from .framing import StreamFramer
 from .listeners import bind_listeners, listen_address
 from .message import SipMessage, SipParseError, SipRequest, SipResponse, make_error_response, parse_message
 from .resolver import is_ip_literal
-from .uri import join_hostport
 from .tls import HANDSHAKE_TIMEOUT, TlsError, TlsSession
 from .transaction import ClientTransaction, ServerTransaction, TransactionLayer
+from .uri import join_hostport
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,9 @@ class _SipStream(asyncio.Protocol):
             self.ready.set_result(None)
 
     def _tls_failed(self, exc: TlsError) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         self.owner.tls_failures += 1
         if self.tls is not None and self.tls.server_side:
             self.owner._log_bad(self.addr[0], f"TLS connection from {join_hostport(*self.addr)} failed: {exc.reason}")

@@ -254,3 +254,24 @@ def test_tls_listens_on_tcp_only_in_one_family_or_both() -> None:
             assert bound.udp == [] and [s.family for s in bound.tcp] == [socket.AF_INET6, socket.AF_INET]
         finally:
             bound.close()
+
+
+def test_a_client_that_never_completes_its_handshake_is_dropped(
+        loop: asyncio.AbstractEventLoop, pki: Pki, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("switch.sip.transport.HANDSHAKE_TIMEOUT", 0.2)  # (10 s in service)
+
+    async def run() -> None:
+        server = SipTransport(loop)
+        await server.listen_tls("127.0.0.1", 0, server_context(str(pki.cert), str(pki.key)))
+        assert server.tls_addr is not None
+        reader, writer = await asyncio.open_connection(*server.tls_addr)  # and then says nothing
+        started = loop.time()
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        assert 0.15 < loop.time() - started < 1.5
+        writer.close()
+        assert server.tls_failures == 1 and not server.streams
+        assert "failed: no TLS handshake within 0.2 s" in caplog.text
+        server.close()
+
+    loop.run_until_complete(run())
