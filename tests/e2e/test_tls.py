@@ -70,11 +70,14 @@ def tone_app(app_dir: Callable[[str], Path], tmp_path: Path) -> Path:
     return app_dir(str(src))
 
 
+@pytest.mark.parametrize("scheme", ["sip", "sips"])
 def test_a_phone_calls_over_tls_hears_the_app_and_gets_its_bye_over_tls(switch, tone_app: Path, pki: Pki,
-                                                                         tmp_path: Path):  # fmt: skip
+                                                                         tmp_path: Path, scheme: str):  # fmt: skip
     sw = switch(tone_app, tls_args(pki))
     with Phone(tls=PhoneTls(ca=pki.ca), auto_answer_ms=None, workdir=tmp_path / "phone") as phone:
-        phone.call(f"sip:1000@{LOCALHOST}:{tls_port(sw)};transport=tls")
+        # sip:...;transport=tls asks for TLS to this hop; sips: for TLS all the way (RFC 3261 §19.1)
+        phone.call(f"sip:1000@{LOCALHOST}:{tls_port(sw)};transport=tls" if scheme == "sip"
+                   else f"sips:1000@{LOCALHOST}:{tls_port(sw)}")
         phone.wait_event("confirmed", timeout=10)
         gone = phone.wait_event("disconnected", timeout=10)  # the app returned: the switch's BYE
         assert gone["code"] == 200 and gone["duration"] >= 0.9, gone
@@ -87,10 +90,13 @@ def test_a_phone_calls_over_tls_hears_the_app_and_gets_its_bye_over_tls(switch, 
         assert pjsip_saw(phone, "RX", "Response msg 200/INVITE") == ["TLS"], phone.describe()
         assert pjsip_saw(phone, "RX", "Request msg BYE") == ["TLS"], phone.describe()
         assert set(pjsip_saw(phone, "(?:TX|RX)", r"\w+ msg \S+")) == {"TLS"}, phone.describe()
-        invite = re.search(r"INVITE sip:1000@.*?\r?\n\r?\n", phone.log_text(), re.S)
+        invite = re.search(rf"INVITE {scheme}:1000@.*?\r?\n\r?\n", phone.log_text(), re.S)
         assert invite and "Via: SIP/2.0/TLS" in invite.group(0), phone.describe()
         ok = re.search(r"SIP/2.0 200 OK.*?Contact: (.*?)\r?\n", phone.log_text(), re.S)
-        assert ok and ok.group(1) == f"<sip:{LOCALHOST}:{tls_port(sw)};transport=tls>", phone.describe()
+        # Our Contact: sips: in a SIPS dialog (RFC 3261 §12.1.1), else ;transport=tls
+        contact = (f"<sip:{LOCALHOST}:{tls_port(sw)};transport=tls>" if scheme == "sip"
+                   else f"<sips:{LOCALHOST}:{tls_port(sw)}>")
+        assert ok and ok.group(1) == contact, phone.describe()
     stop_clean(sw)
 
 
