@@ -43,6 +43,9 @@ examples:
   softswitch run                                  # 0.0.0.0:5060, installed apps
   softswitch installapp default git /srv/git/app 0a3124f   # from another shell
   softswitch run --listen 127.0.0.1:5070 --app ./myapp --log-level debug
+  softswitch run --tls-listen 0.0.0.0:5061 --tls-cert cert.pem --tls-key key.pem
+                                                  # also SIP over TLS; phones dial
+                                                  # sip:1000@HOST:5061;transport=tls
   sipp -sn uac 127.0.0.1:5060 -m 1               # place a test call
 """
 
@@ -60,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", metavar="HOST:PORT",
                      help="SIP over UDP and TCP: address and port to listen on (default 0.0.0.0:5060, "
                           "IPv4; [::]:5060 is IPv6 and IPv4, [::1]:5060 IPv6 only)")
+    run.add_argument("--tls-listen", metavar="HOST:PORT",
+                     help="also SIP over TLS (1.2+) on this address and port, e.g. 0.0.0.0:5061 or "
+                          "[::]:5061; needs --tls-cert and --tls-key (default off)")
+    run.add_argument("--tls-cert", metavar="FILE",
+                     help="our TLS certificate (PEM, the chain after it) for --tls-listen, also offered "
+                          "to trunks that ask for one")
+    run.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM, unencrypted)")
+    run.add_argument("--tls-ca-file", metavar="FILE",
+                     help="CA certificates (PEM) trusted for calls the switch places over TLS (sips: or "
+                          ";transport=tls routes); default: the system's store")
+    run.add_argument("--tls-verify", action=argparse.BooleanOptionalAction, default=None,
+                     help="check the certificate and name of TLS peers we call (default on); "
+                          "--no-tls-verify is UNSAFE: anyone in the path can pose as the trunk "
+                          "(for lab trunks with self-signed certificates only)")
     run.add_argument("--rtp-ports", metavar="LOW-HIGH",
                      help="UDP port range for RTP, one even port per call leg (default 20000-29999)")
     run.add_argument("--media-keepalive", choices=("silence", "cn", "off"),
@@ -131,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
-        "listen", "rtp_ports", "media_keepalive", "rtcp", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
+        "listen", "tls_listen", "tls_cert", "tls_key", "tls_ca_file", "tls_verify", "rtp_ports", "media_keepalive",
+        "rtcp", "app", "data_dir", "log_level", "log_format", "advertise", "max_calls",
         "task_memory_mb", "control", "gateway", "sip_t1", "watchdog_s", "js_workers", "task_cpu_seconds",
         "srtp")}
     try:
@@ -143,8 +161,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         code = _run_loop(_serve(config))
     except OSError as exc:
-        logging.getLogger("switch").error("cannot start: %s (is another switch on %s?)", exc, config.listen)
+        on = config.listen + (f" or {config.tls_listen}" if config.tls_listen else "")
+        logging.getLogger("switch").error("cannot start: %s (is another switch on %s?)", exc, on)
         code = 1
+    except ConfigError as exc:  # a TLS file that changed between loading the config and using it
+        logging.getLogger("switch").error("cannot start: %s", exc)
+        code = 2
     except WorkerStartError as exc:
         logging.getLogger("switch").error("cannot start: %s (its log lines above say why)", exc)
         code = 1

@@ -4,6 +4,11 @@ Precedence (lowest to highest): DEFAULTS below, the file given with --config,
 the flags. Keys in the file are the flag names with '_' for '-':
 
     listen = "0.0.0.0:5060"
+    tls_listen = "0.0.0.0:5061"  # SIP over TLS too (default off), with:
+    tls_cert = "/etc/softswitch/tls/cert.pem"  # our certificate chain (PEM)
+    tls_key = "/etc/softswitch/tls/key.pem"    # and its private key (PEM, not encrypted)
+    tls_ca_file = ""             # CAs trusted for calls we place over TLS ("": the system store)
+    tls_verify = true            # false: do not check TLS peers' certificates (UNSAFE, lab trunks)
     rtp_ports = "20000-29999"
     media_keepalive = "silence"  # RTP while nothing plays: "silence" frames every 20 ms, "cn"
                                  # (RFC 3389 comfort noise where negotiated, else silence), "off"
@@ -82,6 +87,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -110,6 +116,12 @@ def default_data_dir() -> Path:
 @dataclass
 class Config:
     listen: str = "0.0.0.0:5060"
+    # ---- SIP over TLS (switch/sip/tls.py)
+    tls_listen: str = ""  # "": no TLS listener; HOST:PORT (5061 by convention)
+    tls_cert: str = ""  # PEM certificate chain we present (listener; and to trunks that ask)
+    tls_key: str = ""  # its PEM private key, unencrypted
+    tls_ca_file: str = ""  # PEM CAs that sign the certificates of peers we call; "": the system store
+    tls_verify: bool = True  # check the certificate and host name of peers we call over TLS
     rtp_ports: str = "20000-29999"
     media_keepalive: str = "silence"  # RTP while nothing plays (media/session.py): silence, cn, off
     rtcp: bool = True  # RTCP on each leg's odd port (media/rtcp.py)
@@ -156,6 +168,32 @@ class Config:
         return parse_hostport(self.listen, "listen")
 
     @property
+    def tls_listen_addr(self) -> tuple[str, int] | None:
+        return parse_hostport(self.tls_listen, "tls_listen") if self.tls_listen else None
+
+    def tls_contexts(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext]:
+        """(the listener's context or None, the context of TLS connections we open),
+        built from the files now: ConfigError says which file is wrong and what to do."""
+        from .sip.tls import TlsConfigError, client_context, server_context
+
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together: give both (the certificate and its key) "
+                              "or neither")
+        if not isinstance(self.tls_verify, bool):
+            raise ConfigError(f"tls_verify must be true or false, not {self.tls_verify!r}")
+        try:
+            server = None
+            if self.tls_listen:
+                if not self.tls_cert:
+                    raise ConfigError(f"tls_listen {self.tls_listen!r} needs tls_cert and tls_key (PEM files). "
+                                      "For a test certificate: openssl req -x509 -newkey rsa:2048 -nodes "
+                                      "-keyout key.pem -out cert.pem -days 365 -subj /CN=HOSTNAME")
+                server = server_context(self.tls_cert, self.tls_key)
+            return server, client_context(self.tls_ca_file, self.tls_verify, self.tls_cert, self.tls_key)
+        except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
     def rtp_range(self) -> tuple[int, int]:
         low, sep, high = self.rtp_ports.partition("-")
         if not sep or not low.isdigit() or not high.isdigit():
@@ -171,6 +209,11 @@ class Config:
 
     def validate(self) -> None:
         self.listen_addr  # noqa: B018
+        tls = self.tls_listen_addr
+        if tls is not None and tls == self.listen_addr:
+            raise ConfigError(f"tls_listen {self.tls_listen!r} is the SIP port (listen) already, where TCP "
+                              "speaks plain SIP: give TLS its own port, 5061 by convention")
+        self.tls_contexts()
         self.rtp_range  # noqa: B018
         if self.media_keepalive not in ("silence", "cn", "off"):
             raise ConfigError(f'media_keepalive must be "silence", "cn" or "off", not {self.media_keepalive!r}')

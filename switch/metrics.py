@@ -291,7 +291,14 @@ class SwitchCollector:
         yield CounterMetricFamily("softswitch_sip_flood_dropped_total",
                                   "SIP requests dropped unread: their source is blocked for flooding",
                                   value=sip.flood_dropped)
-        yield GaugeMetricFamily("softswitch_sip_tcp_connections", "Open SIP TCP connections", value=len(sip.streams))
+        tls = sum(1 for stream in sip.streams.values() if stream.tls is not None)
+        yield GaugeMetricFamily("softswitch_sip_tcp_connections", "Open SIP TCP connections (TLS ones apart)",
+                                value=len(sip.streams) - tls)
+        yield GaugeMetricFamily("softswitch_sip_tls_connections", "Open SIP TLS connections, handshake done",
+                                value=tls)
+        yield CounterMetricFamily("softswitch_sip_tls_failures_total", "TLS connections that failed: handshakes "
+                                  "(accepted and ours: an untrusted certificate, not TLS, timed out) and records",
+                                  value=sip.tls_failures)
         yield GaugeMetricFamily("softswitch_sip_transactions", "SIP transactions remembered (lingering ones included)",
                                 value=len(sip.layer))
 

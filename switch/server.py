@@ -39,6 +39,7 @@ from .config import DEFAULT_APP, Config
 from .security.access import AccessPolicy
 from .control.api import ControlApi
 from .metrics import SwitchMetrics
+from .sip.dialog import uri_wants_tls
 from .sip.message import SipRequest
 from .sip.transaction import TransactionLayer
 from .sip.resolver import family_names
@@ -156,8 +157,20 @@ class Switch:
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         # SIP last: no INVITE may arrive before the engine and the apps are ready.
         await self.sip.listen(host, port)
-        logger.info("softswitch listening on udp+tcp %s (%s), rtp %s, app %s, data %s",
-                    join_hostport(*self.sip.local_addr), family_names(self.engine.addresses.families),
+        tls_server, self.sip.client_tls = cfg.tls_contexts()  # (checked at load: the files may have changed)
+        tls = cfg.tls_listen_addr
+        if tls is not None and tls_server is not None:
+            await self.sip.listen_tls(*tls, tls_server)
+        if tls is None:
+            for gateway in self.engine.router.gateways.gateways():
+                if uri_wants_tls(gateway):
+                    logger.warning("gateway %s is called over TLS but the switch has no --tls-listen: its requests "
+                                   "to us (a BYE, a re-INVITE) can only come over the connection we opened; set "
+                                   "--tls-listen HOST:5061", gateway)
+        logger.info("softswitch listening on udp+tcp %s%s (%s), rtp %s, app %s, data %s",
+                    join_hostport(*self.sip.local_addr),
+                    f", tls {join_hostport(*self.sip.tls_addr)}" if self.sip.tls_addr else "",
+                    family_names(self.engine.addresses.families),
                     cfg.rtp_ports, cfg.app or "installed apps", cfg.data_path)
 
     def _load_app(self) -> None:

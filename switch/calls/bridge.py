@@ -193,7 +193,7 @@ class Switchboard:
             try:
                 # A gateway's or URI's servers, located off the loop (RFC 3263: NAPTR, SRV,
                 # A/AAAA); an IP with a port returns at once.
-                servers = await self.engine.locate(route)
+                transport, servers = await self.engine.locate(route)
             except CallError as exc:
                 raise CallError(f"StartBridgedCall: {exc}", exc.status) from None
         except CallError as exc:
@@ -202,7 +202,8 @@ class Switchboard:
         if bridge.broken:  # broken while the name was looked up
             raise CallError("StartBridgedCall: the bridge is gone (the caller hung up or it was broken)")
         leg = call.add_egress(bridge, route.uri, servers[0], TaskSink(task.tid, task.post), route.credentials,
-                              alternatives=servers[1:], max_forwards=max_forwards, srtp=route.srtp)
+                              tls=route.tls or transport == "TLS", alternatives=servers[1:],
+                              max_forwards=max_forwards, srtp=route.srtp)
         # The task owns the leg from the start: IsConnected() and Disconnect() see it
         # while the INVITE is being placed.
         task.attach_leg(call.control(leg))

@@ -302,20 +302,22 @@ class Call:
         return hops - 1
 
     def add_egress(self, bridge: Bridge, target: SipUri, addr: tuple[str, int], sink: TaskSink,
-                   credentials: Credentials | None = None,
+                   credentials: Credentials | None = None, tls: bool = False,
                    alternatives: Sequence[tuple[str, int]] = (), max_forwards: int = 70,
                    srtp: bool = False) -> OutboundLeg:
         """The bridge's outbound leg to ``target`` at ``addr`` (an IP: ``CallEngine.locate``
         looked its name up), owned by the task behind ``sink``: the caller's identity, the
-        caller's codec offered first, media in ``addr``'s family. ``alternatives``: the
-        servers to fail over to, in order (RFC 3263 §4.3); ``srtp``: offer RTP/SAVP (the
-        route says so)."""
+        caller's codec offered first, media in ``addr``'s family. ``tls``: the route asks
+        for TLS (``dial`` connects first); else a connection the callee opened is reused.
+        ``alternatives``: the servers to fail over to, in order (RFC 3263 §4.3); ``srtp``:
+        offer RTP/SAVP (the route says so)."""
         if self.stopping:
             raise CallError(f"StartBridgedCall: the call has ended ({self.stop_reason})")
         ingress = self.ingress
         caller = NameAddr.parse(ingress.invite.headers["from"][0])
+        transport = "TLS" if tls else self.engine.transport_of(addr)
         leg = OutboundLeg(target, addr, caller, callee_codecs(ingress.sdp.predicted_codec()),
-                          self.engine.local_for(addr[0]), self.now(), over_tcp=self.engine.has_connection(addr),
+                          self.engine.local_for(addr[0], transport=transport), self.now(), transport=transport,
                           credentials=credentials, alternatives=alternatives, max_forwards=max_forwards,
                           srtp=srtp)
         self.legs.append(leg)
@@ -326,11 +328,17 @@ class Call:
         return leg
 
     async def dial(self, leg: OutboundLeg) -> None:
-        """Open the leg's media, then send its INVITE. With no RTP port free the leg ends
-        at once (503 for the bridge) and the verb fails."""
+        """Connect over TLS if the leg goes over it, open the leg's media, then send its
+        INVITE. When the TLS handshake fails (an untrusted certificate, say) or no RTP port
+        is free, the leg ends at once (503 for the bridge, logged) and the verb fails."""
         try:
+            if leg.transport == "TLS":
+                await self.engine.connect_tls(leg.addr, leg.target.host.strip("[]"))
+                leg.require_live("StartBridgedCall")
             await self.open_media(leg, "StartBridgedCall")
         except CallError as exc:
+            if not leg.ended:
+                leg.log.warning("outbound %s: cannot call %s: %s", leg.call_id, leg.target, exc)
             leg.abandon(f"cannot place the call: {exc}", exc.status or 503, self.now())
             self.pump(leg)
             raise

@@ -25,7 +25,9 @@ An in-dialog request may still name a host (a Contact or Record-Route with a nam
 3261 §12.2.1.1): ``transmit`` sends it at once when the name is cached, else holds it,
 and every later request of that leg behind it, until the lookup ends, so the leg's
 requests keep their order. A lookup that fails is, for the leg, a 503 to that request
-(RFC 3261 §8.1.3.1: a transport failure).
+(RFC 3261 §8.1.3.1: a transport failure). A leg over TLS whose connection has closed is
+held the same way while a new connection is made (and its peer's certificate checked
+again); nothing of a TLS leg is ever sent over UDP.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from ..sip.transaction import ClientTransaction, InviteServerTransaction, Server
 from ..sip.transport import SipTransport
 from ..security.access import AccessPolicy, Refusal
 from ..sip.uas import uas_refusal
-from ..sip.uri import SipUri
+from ..sip.tls import TlsError
+from ..sip.uri import SipUri, join_hostport
 from ..tasks.boundary import CallError
 from .addressing import LocalAddresses, ip_family
 from .admission import Admission
@@ -66,9 +69,10 @@ logger = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 
-# The transports an outbound call can be placed on (RFC 3263 §4.1 picks among them): UDP
-# until the transport opens connections of its own (TCP and TLS join this set then).
-OUTBOUND_TRANSPORTS = frozenset({"UDP"})
+# The transports an outbound call can be placed on (RFC 3263 §4.1 picks among them): the
+# transport opens connections of its own for TLS only; TCP reaches a phone over the
+# connection it opened (a registration), never a connection we open.
+OUTBOUND_TRANSPORTS = frozenset({"UDP", "TLS"})
 FAILOVER_TIMEOUT = 4.0  # s: an INVITE with no response at all from a server moves to the next
 
 
@@ -131,40 +135,58 @@ class CallEngine:
         sip.user = self
 
     # ------------------------------------------------------------------ addressing
-    def local_for(self, peer_host: str, media_ip: str | None = None) -> Local:
+    def local_for(self, peer_host: str, media_ip: str | None = None, transport: str = "UDP") -> Local:
         """How a leg to ``peer_host`` (an IP) names us (Contact, Via, SDP): the configured
         advertise address, the listen address, or the interface that routes to it
-        (``addressing.py``); ``media_ip``: our RTP address when the SDP's family differs."""
+        (``addressing.py``); ``media_ip``: our RTP address when the SDP's family differs;
+        over TLS, our TLS port (without a TLS listener, the SIP port: the peer then only
+        reaches us over the connection we opened)."""
         ip = self.addresses.sip(peer_host)
-        return Local(ip, self.sip.local_addr[1], media_ip if media_ip != ip else None)
+        tls = self.sip.tls_addr
+        port = tls[1] if transport == "TLS" and tls is not None else self.sip.local_addr[1]
+        return Local(ip, port, media_ip if media_ip != ip else None)
 
-    def has_connection(self, addr: Addr) -> bool:
-        """A live TCP connection from that address (a phone registered over TCP)."""
-        return addr in self.sip.streams
+    def transport_of(self, addr: Addr) -> str:
+        """"TCP"/"TLS" when a connection from ``addr`` is up (a phone registered over it),
+        else "UDP"."""
+        return self.sip.transport_of(addr)
+
+    async def connect_tls(self, addr: Addr, server_name: str) -> None:
+        """A TLS connection to ``addr`` whose certificate names ``server_name`` (a live one
+        is reused); CallError 503 saying why not (RFC 3261 §8.1.3.1: a transport error)."""
+        try:
+            await self.sip.connect_tls(addr, server_name)
+        except TlsError as exc:
+            raise CallError(f"TLS to {server_name} ({join_hostport(*addr)}) failed: {exc.reason}", 503) from None
 
     def _is_us(self, uri: SipUri) -> bool:
         # A To header usually has no port (RFC 3261 §19.1.1 keeps it out of To/From), so
         # a port-less URI naming one of our addresses is us, whatever port we listen on.
-        if uri.port is not None and uri.port != self.sip.local_addr[1]:
+        ports = (self.sip.local_addr[1], self.sip.tls_addr[1] if self.sip.tls_addr else None)
+        if uri.port is not None and uri.port not in ports:
             return False
         return self.addresses.is_ours(uri.host.strip("[]"))
 
     def route(self, dest: str) -> Route:
         return self.router.route(dest)
 
-    async def locate(self, route: Route) -> list[Addr]:
-        """The servers a new leg's INVITE goes to, in the order to try them, as IPs of one
-        family we serve (the first one's: the leg's Via, Contact and SDP are in it):
-        RFC 3263 for a gateway or URI, the phone's address for a registered user.
-        CallError with 404/503 when there is none."""
+    async def locate(self, route: Route) -> tuple[str | None, list[Addr]]:
+        """The transport and servers a new leg's INVITE goes to, in the order to try them,
+        as IPs of one family we serve and over one transport (the first one's: the leg's
+        Via, Contact and SDP are in them): RFC 3263 for a gateway or URI (a ``sips:`` or
+        ``;transport=tls`` one, or one whose NAPTR says ``SIPS+D2T``, is TLS), the phone's
+        address for a registered user (transport None: the phone's own connection, if
+        any, decides). CallError with 404/503 when there is none."""
         if route.server is None:
-            return [await self.resolve(route.addr)]
+            return None, [await self.resolve(route.addr)]
         try:
             targets = await locate(route.server, OUTBOUND_TRANSPORTS, self.resolver, self.dns)
         except ResolveError as exc:
             raise CallError(str(exc), exc.status) from None
-        family = ip_family(targets[0].address)
-        return [t.addr for t in targets if ip_family(t.address) == family]
+        first = targets[0]
+        family = ip_family(first.address)
+        return first.transport, [t.addr for t in targets
+                                 if ip_family(t.address) == family and t.transport == first.transport]
 
     async def resolve(self, addr: Addr) -> Addr:
         """Where a new leg's requests go, as an IP of a family we serve (a host name looked
@@ -219,6 +241,8 @@ class CallEngine:
                     continue
                 held = self._held.get(leg)
                 addr = self.resolver.cached(item.addr) if held is None else None
+                if addr is not None and leg.transport == "TLS" and self.sip.transport_of(addr) != "TLS":
+                    addr = None  # its TLS connection is gone: held until a new one is up
                 if addr is not None:
                     self._send(leg, item, addr)
                 elif held is not None:
@@ -265,15 +289,20 @@ class CallEngine:
         self._pump(leg)
 
     async def _send_held(self, leg: Leg) -> None:
-        """Resolve the next hop of each request ``leg`` holds, in order, and send it; a
-        request whose name does not resolve is answered 503 for the leg (§8.1.3.1)."""
+        """Resolve the next hop of each request ``leg`` holds, in order, and send it; on a
+        TLS leg whose connection closed, connect again first (RFC 3261 §18.1.1: the client
+        opens a new connection; we never fall back to UDP). A request whose name does not
+        resolve, or whose peer takes no new TLS connection, is answered 503 for the leg
+        (§8.1.3.1)."""
         held = self._held[leg]
         try:
             while held:
                 item = held[0]
                 try:
                     addr = await self.resolver.resolve(item.addr)
-                except ResolveError as exc:
+                    if leg.transport == "TLS" and self.sip.transport_of(addr) != "TLS":
+                        await self.connect_tls(addr, _server_name(leg, addr))
+                except (ResolveError, CallError) as exc:
                     held.popleft()
                     self._unreachable(leg, item, exc)
                     continue
@@ -283,7 +312,7 @@ class CallEngine:
             self._held.pop(leg, None)
         self._pump(leg)  # what the leg queued meanwhile, or made of a failure
 
-    def _unreachable(self, leg: Leg, item: Send | SendStateless, exc: ResolveError) -> None:
+    def _unreachable(self, leg: Leg, item: Send | SendStateless, exc: ResolveError | CallError) -> None:
         request = item.message if isinstance(item, SendStateless) else item.request
         leg.log.warning("%s %s: %s not sent: %s", leg.kind, leg.call_id, request.method, exc)
         if isinstance(item, Send) and item.track and leg in self.legs:
@@ -459,6 +488,7 @@ class CallEngine:
             self._reply(txn, invite, 406, headers={"accept": SDP, "warning": '399 - "we answer with application/sdp"'})
             return
         offer = None
+        transport = self.sip.transport_of(txn.addr) if txn.reliable else "UDP"
         if invite.body:
             ctype = (invite.get("content-type") or "").split(";")[0].strip().lower()
             if ctype != SDP:
@@ -468,32 +498,32 @@ class CallEngine:
             try:
                 # Refused before any call or task exists; in a family we serve (RFC 4566 §5.7).
                 offer = parse_offer(invite.body, self.addresses.families, self.srtp)
-                local = self._local_for_offer(txn.addr[0], offer)
+                local = self._local_for_offer(txn.addr[0], offer, transport)
             except OfferAnswerError as exc:
                 self._count_refusal("bad-sdp")
                 self._reply(txn, invite, exc.status, exc.reason, headers=exc.headers)
                 return
         else:
-            local = self.local_for(txn.addr[0])  # we offer, in the family the caller came in
-        leg = InboundLeg(txn, invite, offer, local, now, caller=str(caller), srtp=self.srtp)
+            local = self.local_for(txn.addr[0], transport=transport)  # we offer, in the caller's family
+        leg = InboundLeg(txn, invite, offer, local, now, caller=str(caller), srtp=self.srtp, transport=transport)
         call = Call(self, leg, caller, self.access.call_started(caller))
         self.calls[leg.key] = call
         self.adopt(call, leg)
         self.calls_started += 1
         call.start(self._launch)
 
-    def _local_for_offer(self, caller: str, offer: SessionDescription) -> Local:
+    def _local_for_offer(self, caller: str, offer: SessionDescription, transport: str = "UDP") -> Local:
         """Our addresses for a caller whose offer is in a family we serve: the answer's
         c= is our address in the offer's family, facing its c= address (RFC 4566 §5.7;
         it may differ from the family the SIP came in). 488 with Warning 301 when we
         have none (this host has no IPv6 address, say)."""
         addrtype, peer_media = offer_media(offer, self.srtp)
         if addrtype is None:
-            return self.local_for(caller)
+            return self.local_for(caller, transport=transport)
         media_ip = self.addresses.media(FAMILIES[addrtype], peer_media, caller)
         if media_ip is None:
             raise OfferAnswerError(488, f"no {addrtype} address of ours reaches {peer_media}", 301)
-        return self.local_for(caller, media_ip)
+        return self.local_for(caller, media_ip, transport)
 
     # ------------------------------------------------------------------ shutdown
     def stop_all(self, why: str) -> list[asyncio.Future[None]]:
@@ -511,6 +541,14 @@ class CallEngine:
         self._silent.clear()
         self.resolver.close()
         self.dns.close()
+
+
+def _server_name(leg: Leg, addr: Addr) -> str:
+    """The name a TLS peer's certificate must carry: the host we called (RFC 5922 §7.2), or
+    for a caller's leg its address (a phone is reached again at its Contact's address)."""
+    if isinstance(leg, OutboundLeg):
+        return leg.target.host.strip("[]")
+    return addr[0]
 
 
 def _accepts_sdp(accept: str | None) -> bool:

@@ -34,11 +34,15 @@ class InboundLeg(Leg):
     }
 
     def __init__(self, txn: InviteServerTransaction, invite: SipRequest, offer: SessionDescription | None,
-                 local: Local, now: float, caller: str = "", srtp: str = "optional") -> None:
+                 local: Local, now: float, caller: str = "", srtp: str = "optional",
+                 transport: str | None = None) -> None:
         # offer None: the INVITE had no SDP; we offer in the 200 and the ACK answers.
         # srtp: the switch's SRTP policy (offer_answer.py); "required" makes that offer SRTP.
+        # transport: how the INVITE came (the engine asks the transport); by default TCP
+        # when over a connection: our BYE goes back over it.
         super().__init__(invite.call_id, local, LegState.INCOMING,
-                         OfferAnswer(local.rtp_ip, offer, srtp=srtp, offer_srtp=srtp == "required"), now)
+                         OfferAnswer(local.rtp_ip, offer, srtp=srtp, offer_srtp=srtp == "required"), now,
+                         transport or ("TCP" if txn.reliable else "UDP"))
         self.txn = txn
         invite.freeze()  # kept for the whole call: as GC-untracked data
         self.invite = invite
@@ -47,8 +51,10 @@ class InboundLeg(Leg):
         self._bye_after_ack = False
 
     @property
-    def tcp(self) -> bool:
-        return self.txn.reliable  # the caller came over TCP: our BYE goes back over its connection
+    def sips(self) -> bool:
+        # (a sips: Request-URI that came in the clear gets our plain Contact: ours for
+        # SIPS is the TLS port, which that caller did not use)
+        return self.transport == "TLS" and self.invite.uri[:5].lower() == "sips:"
 
     @property
     def finished(self) -> bool:
@@ -96,9 +102,9 @@ class InboundLeg(Leg):
             return
         assert self.sdp.ready
         body = self.sdp.local_sdp()
-        self.dialog = Dialog.as_uas(self.invite, self.local_tag, self.local.contact(self.tcp))
-        if self.tcp:
-            self.dialog.transport, self.dialog.connection = "TCP", self.txn.addr
+        self.dialog = Dialog.as_uas(self.invite, self.local_tag, self.contact)
+        if self.over_connection:
+            self.dialog.transport, self.dialog.connection = self.transport, self.txn.addr
         self._set_state(LegState.ANSWERED)
         self.answered_at = now
         self.outbox.append(Respond(self.txn, self._response(200, body=body)))
@@ -171,7 +177,7 @@ class InboundLeg(Leg):
     def _response(self, status: int, reason: str | None = None, body: bytes = b"") -> SipResponse:
         headers: dict[str, str | list[str]] = {}
         if 100 < status < 300:
-            headers["contact"] = self.local.contact(self.tcp)
+            headers["contact"] = self.contact
             headers["allow"] = ALLOW
         if body:
             headers["content-type"] = SDP

@@ -63,8 +63,15 @@ class Local:
     def rtp_ip(self) -> str:
         return self.media_ip or self.ip
 
-    def contact(self, tcp: bool = False) -> str:
-        return f"<sip:{self.sent_by}{';transport=tcp' if tcp else ''}>"
+    def contact(self, transport: str = "UDP", sips: bool = False) -> str:
+        """Our Contact on a leg over ``transport``. A SIPS dialog gets a ``sips:`` URI (RFC
+        3261 §8.1.1.8, §12.1.1: a SIPS Request-URI makes it a MUST); a ``sip:`` one over TLS
+        says ``;transport=tls``, as pjsip and Kamailio do: it asks the peer for TLS on its
+        hop to us (the port we name only speaks TLS), without claiming the end-to-end
+        security a ``sips:`` URI promises (RFC 5630 §3.1.3 explains that difference)."""
+        if sips:
+            return f"<sips:{self.sent_by}>"
+        return f"<sip:{self.sent_by}{'' if transport == 'UDP' else ';transport=' + transport.lower()}>"
 
     @property
     def sent_by(self) -> str:
@@ -153,9 +160,12 @@ class Leg:
     kind = "leg"
 
     def __init__(self, call_id: str, local: Local, state: LegState, offer_answer: OfferAnswer,
-                 now: float) -> None:
+                 now: float, transport: str = "UDP") -> None:
         self.call_id = call_id
         self.local = local
+        # "UDP", or "TCP"/"TLS": the peer is reached over a connection (its own, reused, RFC
+        # 5626 style; or one we opened to a TLS route), named in our Via and Contact.
+        self.transport = transport
         self.local_tag = new_tag()
         self.state = state
         self.sdp = offer_answer
@@ -179,9 +189,17 @@ class Leg:
         return f"{self.call_id};{self.local_tag}"
 
     @property
-    def tcp(self) -> bool:
-        """The peer is reached over a TCP connection (its own, reused; RFC 5626 style)."""
+    def over_connection(self) -> bool:
+        return self.transport != "UDP"
+
+    @property
+    def sips(self) -> bool:
+        """The dialog is a SIPS one (its Request-URI is ``sips:``, RFC 3261 §19.1)."""
         return False
+
+    @property
+    def contact(self) -> str:
+        return self.local.contact(self.transport, self.sips)
 
     # ------------------------------------------------------------------ state
     def _set_state(self, new: LegState) -> None:
@@ -284,7 +302,7 @@ class Leg:
             self.happenings.append(MediaChanged(self.sdp.params))
         else:
             body = self.sdp.current()
-        headers: dict[str, str | list[str]] = {"contact": self.local.contact(self.tcp), "allow": ALLOW,
+        headers: dict[str, str | list[str]] = {"contact": self.contact, "allow": ALLOW,
                                                "content-type": SDP}
         self.outbox.append(Respond(txn, make_response(request, 200, headers=headers, body=body)))
 

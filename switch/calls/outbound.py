@@ -48,14 +48,17 @@ class OutboundLeg(Leg):
     }
 
     def __init__(self, target: SipUri, addr: tuple[str, int], caller: NameAddr | None,
-                 codecs: tuple[str, ...], local: Local, now: float, over_tcp: bool = False,
+                 codecs: tuple[str, ...], local: Local, now: float, transport: str = "UDP",
                  credentials: Credentials | None = None, alternatives: Sequence[tuple[str, int]] = (),
                  max_forwards: int = 70, srtp: bool = False) -> None:
+        # transport "TCP"/"TLS": the callee registered over that connection, or the route
+        # asked for TLS (the engine connects before the INVITE): our Via, Contact and every
+        # request of the dialog go over that connection (RFC 5626 style flow reuse).
         # srtp: the route says this callee takes SRTP: we offer RTP/SAVP (and then take
         # nothing less from it, in its answer or a re-INVITE).
         super().__init__(f"{new_branch()[7:]}@softswitch", local, LegState.CALLING,
                          OfferAnswer(local.rtp_ip, codecs=codecs, srtp="required" if srtp else "optional",
-                                     offer_srtp=srtp), now)
+                                     offer_srtp=srtp), now, transport)
         self.target = target
         self.addr = addr
         # The next servers of the destination (RFC 3263 §4.3), tried in this order when
@@ -63,9 +66,6 @@ class OutboundLeg(Leg):
         self.alternatives = deque(alternatives)
         self.max_forwards = max_forwards  # the caller's, decremented (Call.onward_max_forwards)
         self.caller = caller
-        # The callee registered over TCP: our Via, Contact and every request of the dialog
-        # go over the connection it opened (RFC 5626 style flow reuse).
-        self.over_tcp = over_tcp
         self.invite: SipRequest | None = None
         self.credentials = credentials
         self._authenticated = False  # one retry with credentials per call, never a loop
@@ -81,8 +81,8 @@ class OutboundLeg(Leg):
         self.first_response_at: float | None = None
 
     @property
-    def tcp(self) -> bool:
-        return self.over_tcp
+    def sips(self) -> bool:
+        return self.target.scheme == "sips"
 
     @property
     def finished(self) -> bool:
@@ -114,7 +114,7 @@ class OutboundLeg(Leg):
             "to": [f"<{self.target}>"],
             "call-id": [self.call_id],
             "cseq": ["1 INVITE"],
-            "contact": [self.local.contact(self.tcp)],
+            "contact": [self.contact],
             "allow": [ALLOW],
             "content-type": [SDP],
         }
@@ -178,7 +178,7 @@ class OutboundLeg(Leg):
         return True
 
     def _via(self) -> str:
-        return f"SIP/2.0/{'TCP' if self.tcp else 'UDP'} {self.local.sent_by};branch={new_branch()};rport"
+        return f"SIP/2.0/{self.transport} {self.local.sent_by};branch={new_branch()};rport"
 
     def on_response(self, method: str, response: SipResponse, now: float) -> None:
         if method != "INVITE":
@@ -267,9 +267,9 @@ class OutboundLeg(Leg):
             else:
                 self._refuse_fork(response)
             return
-        self.dialog = Dialog.as_uac(self.invite, response, self.local.contact(self.tcp))
-        if self.tcp:  # ACK and BYE go over the callee's connection too
-            self.dialog.transport, self.dialog.connection = "TCP", self.addr
+        self.dialog = Dialog.as_uac(self.invite, response, self.contact)
+        if self.over_connection:  # ACK and BYE go over the callee's connection too
+            self.dialog.transport, self.dialog.connection = self.transport, self.addr
         self._send_ack()
         if self.state is LegState.ENDED:
             # Answered after we gave up (our CANCEL crossed the 200): end it properly.
@@ -289,7 +289,7 @@ class OutboundLeg(Leg):
         """§13.2.2.4: a forking proxy let a second callee answer. We keep the first
         dialog; the second is ACKed (as the RFC requires) and then hung up with BYE."""
         assert self.invite is not None
-        extra = Dialog.as_uac(self.invite, response, self.local.contact())
+        extra = Dialog.as_uac(self.invite, response, self.contact)
         ack = extra.create_request("ACK", self.local.sent_by, cseq=self.invite.cseq.number)
         self.outbox.append(SendStateless(ack, extra.next_hop(ack)))
         bye = extra.create_request("BYE", self.local.sent_by)

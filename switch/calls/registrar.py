@@ -52,7 +52,7 @@ class Binding:
     contact: str  # the Contact URI, as the phone wrote it (escaped headers and URI parameters intact)
     source: Addr  # where the REGISTER came from (used when the phone is behind NAT)
     expires_at: float
-    over_tcp: bool = False  # the REGISTER came over a TCP connection: calls reuse it
+    over_tcp: bool = False  # the REGISTER came over a TCP or TLS connection: calls reuse it
     # The Contact's header parameters but expires (q, +sip.instance, unknown ones: RFC 4475
     # §3.3.12 wants them kept), as written after the <URI>, e.g. ";q=0.7;unknownparam".
     params: str = ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
 
-from ..sip.dialog import uri_address
+from ..sip.dialog import uri_address, uri_wants_tls
 from ..sip.uri import NameAddr, SipUri, UriError
 from ..security.access import DialTarget
 from ..tasks.boundary import CallError
@@ -26,11 +26,28 @@ class Route(NamedTuple):
     server: SipUri | None = None
     srtp: bool = False  # offer SRTP (RTP/SAVP, RFC 4568) on the leg: the gateway's srtp setting
 
+    @property
+    def tls(self) -> bool:
+        """The call must go over TLS (a ``sips:`` URI or ``;transport=tls``)."""
+        return uri_wants_tls(self.uri)
+
+    @property
+    def server_name(self) -> str:
+        """The name the peer's certificate must carry (RFC 5922 §7.2: the URI's host)."""
+        return self.uri.host.strip("[]")
+
 
 class Gateway(NamedTuple):
     uri: SipUri
     credentials: Credentials | None
     srtp: bool  # its legs offer RTP/SAVP with SDES keys
+
+
+def _hop(scheme: str, user: str | None, over: SipUri) -> SipUri:
+    """The Request-URI for ``user`` at ``over``'s host, keeping what says how to get
+    there (its scheme and ``;transport=``) and nothing else of ``over``."""
+    transport = over.params.get("transport")
+    return SipUri(scheme, user, over.host, over.port, {"transport": transport} if transport else {})
 
 
 class OutboundRoutes:
@@ -45,6 +62,10 @@ class OutboundRoutes:
         self.default = Gateway(SipUri.parse(default), creds.get(default), default in srtp) if default else None
         self.routes = sorted(((p, Gateway(SipUri.parse(g), creds.get(g), g in srtp)) for p, g in routes or []),
                              key=lambda r: -len(r[0]))
+
+    def gateways(self) -> list[SipUri]:
+        """Every configured gateway, the default last."""
+        return [gateway.uri for _, gateway in self.routes] + ([self.default.uri] if self.default else [])
 
     def gateway_for(self, user: str) -> Gateway | None:
         for prefix, gateway in self.routes:
@@ -68,11 +89,13 @@ class Router:
         text = dest.strip()
         if ":" in text:
             try:
-                uri = NameAddr.parse(text).sip_uri
+                # A bare URI's ;params are its own (;transport=tls), not header parameters
+                # as they would be in a To header without <> (RFC 3261 §20.10).
+                uri = NameAddr.parse(text).sip_uri if "<" in text else SipUri.parse(text)
             except (UriError, ValueError):
                 raise CallError(f"StartBridgedCall: {dest!r} is not a SIP URI or number", 400) from None
             if uri.scheme != "tel" and not self.is_us(uri):
-                direct = SipUri("sip", uri.user, uri.host, uri.port)
+                direct = _hop(uri.scheme, uri.user, uri)
                 return Route(direct, uri_address(direct), DialTarget.URI, server=uri)
             user = uri.user or ""
         else:
@@ -87,6 +110,6 @@ class Router:
             hint = " (not registered)" if self.registrar.enabled else ""
             raise CallError(f"StartBridgedCall: no route for {user!r}{hint}: configure a gateway "
                             "(--gateway sip:HOST:PORT or [[outbound_routes]] in the config)", 404)
-        target = SipUri("sip", user, found.uri.host, found.uri.port)
+        target = _hop(found.uri.scheme, user, found.uri)
         return Route(target, uri_address(target), DialTarget.GATEWAY, found.credentials, server=found.uri,
                      srtp=found.srtp)

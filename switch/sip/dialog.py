@@ -137,9 +137,17 @@ def _contact_uri(msg: SipRequest | SipResponse, fallback: str) -> str:
 def uri_address(uri: SipUri) -> Addr:
     """Transport address of a SIP URI (its ``maddr`` if any, RFC 3261 §19.1.1): the host
     as written, which may be a name: the call engine resolves it off the loop before
-    anything is sent there (``switch/sip/resolver.py``: A/AAAA, at the URI's port or
-    5060). A new call's destination is located by RFC 3263 instead (NAPTR/SRV,
-    ``switch/sip/locator.py``); this is the address of an in-dialog target."""
+    anything is sent there (``switch/sip/resolver.py``: A/AAAA, at the URI's port, else
+    5061 over TLS and 5060 otherwise, RFC 3263 §4.2). A new call's destination is located
+    by RFC 3263 instead (NAPTR/SRV, ``switch/sip/locator.py``); this is the address of an
+    in-dialog target."""
     host = uri.params.get("maddr") or uri.host
     host = host.strip("[]")
-    return (host, uri.port or 5060)
+    return (host, uri.port or (5061 if uri_wants_tls(uri) else 5060))
+
+
+def uri_wants_tls(uri: SipUri) -> bool:
+    """A ``sips:`` URI (TLS on every hop, RFC 3261 §19.1) or ``;transport=tls`` (TLS to
+    this hop: §19.1.1 grammar; RFC 3261 §26.2.2 deprecates it as a way to ask for SIPS,
+    not as the transport of one hop, which is what it says to us)."""
+    return uri.scheme == "sips" or (uri.params.get("transport") or "").lower() == "tls"

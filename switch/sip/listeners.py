@@ -48,30 +48,35 @@ async def listen_address(loop: asyncio.AbstractEventLoop, host: str) -> str:
     return str(infos[0][4][0])
 
 
-def bind_listeners(host: str, port: int) -> Listeners:
-    """Bind UDP and TCP on ``host:port`` (``host`` an address; ``::`` both families).
-    Raises OSError when the port is taken."""
+_KINDS = (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+
+
+def bind_listeners(host: str, port: int, kinds: tuple[socket.SocketKind, ...] = _KINDS) -> Listeners:
+    """Bind UDP and TCP (or only ``kinds``: TLS listens on TCP alone) on ``host:port``
+    (``host`` an address; ``::`` both families). Raises OSError when the port is taken."""
     if host != "::":
-        return _bind([(_family(host), host)], port)
+        return _bind([(_family(host), host)], port, kinds)
     try:
-        return _bind([(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")], port)
+        return _bind([(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")], port, kinds)
     except OSError as exc:
         if exc.errno not in _NO_IPV6:
             raise
         logger.warning("no IPv6 on this host (%s): listening on IPv4 only; IPv6 offers get 488", exc)
-        return _bind([(socket.AF_INET, "0.0.0.0")], port)
+        return _bind([(socket.AF_INET, "0.0.0.0")], port, kinds)
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _bind(addresses: list[tuple[socket.AddressFamily, str]], port: int) -> Listeners:
+def _bind(addresses: list[tuple[socket.AddressFamily, str]], port: int,
+          kinds: tuple[socket.SocketKind, ...]) -> Listeners:
     for attempt in range(_BIND_ATTEMPTS if port == 0 else 1):
         bound = Listeners(addresses[0][1], port)
         try:
             for family, host in addresses:
-                for kind, sockets in ((socket.SOCK_DGRAM, bound.udp), (socket.SOCK_STREAM, bound.tcp)):
+                for kind in kinds:
+                    sockets = bound.udp if kind == socket.SOCK_DGRAM else bound.tcp
                     sockets.append(_socket(family, kind, host, bound.port))
                     bound.port = sockets[-1].getsockname()[1]  # port 0: the rest take the one picked
         except OSError as exc:

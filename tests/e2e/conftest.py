@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
+from .certs import Pki, make_pki
 from .harness import (
     RtpSink,
     SippResult,
@@ -138,3 +139,10 @@ def callee_sink() -> Iterator[RtpSink]:
     sink = RtpSink().start()
     yield sink
     sink.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA, a certificate it signs for 127.0.0.1/localhost, a self-signed rogue (certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+

@@ -1228,14 +1228,17 @@ STOP_LINE = re.compile(r"stopping: (\d+) live calls, (\d+) tasks")
 
 
 def start_bridge_switch(switch: Callable[..., SwitchProcess], app: Path, gateway_port: int,
-                        *extra: str, gateway_host: str = LOCALHOST, **kw: object) -> SwitchProcess:  # fmt: skip
+                        *extra: str, gateway_host: str = LOCALHOST, gateway_params: str = "",
+                        **kw: object) -> SwitchProcess:  # fmt: skip
     """The switch (via the `switch` fixture) with --gateway at a callee on 127.0.0.1 (or
-    `gateway_host`) and --sip-t1 0.05 (Timer B 3.2 s); `kw` goes to SwitchProcess (e.g.
-    rtp_range: a bridged call takes two legs, 4 ports; host: where it listens)."""
+    `gateway_host`; `gateway_params` after it: ";transport=tls") and --sip-t1 0.05 (Timer B
+    3.2 s); `kw` goes to SwitchProcess (e.g. rtp_range: a bridged call takes two legs, 4
+    ports; host: where it listens)."""
     for attempt in range(3):
         control = ["--control", f"{LOCALHOST}:{free_tcp_port()}"] if "--control" not in extra else []
         try:
-            return switch(app, ["--gateway", f"sip:{hostport(gateway_host, gateway_port)}", "--sip-t1", "0.05",
+            return switch(app, ["--gateway", f"sip:{hostport(gateway_host, gateway_port)}{gateway_params}",
+                                "--sip-t1", "0.05",
                                 *control, *extra], **kw)  # fmt: skip
         except AssertionError as e:
             # A port picked a moment ago was taken meanwhile (other suites run on this

@@ -12,9 +12,12 @@ talks JSON lines: commands on its stdin, events on its stdout. `Phone` is the te
         ph.call("sip:1000@127.0.0.1:5070")
     with Phone(tone_wav=tone, srtp=True) as ph:                # SDES-SRTP only (RTP/SAVP)
         ph.call(...); ph.wait_event("media")["srtp"]           # e.g. "AES_CM_128_HMAC_SHA1_80"
+    with Phone(tls=PhoneTls(ca=pki.ca)) as ph:                 # SIP over TLS too, on ph.tls_port
+        ph.call("sip:1000@127.0.0.1:5061;transport=tls")       # (the switch's certificate verified)
 
 Events (one JSON object a line, "event" plus fields):
-  ready {port}                       the account is up, SIP on 127.0.0.1:port
+  ready {port, tls_port}             the account is up, SIP on 127.0.0.1:port (UDP), and TLS
+                                     on tls_port when asked for (else null)
   incoming {call_id, from}           an INVITE arrived (a callee answers after auto_answer_ms)
   state {call_id, state, code, reason}   every call state change (CALLING, EARLY, CONNECTING,
                                      CONFIRMED, DISCONNECTED) ; "confirmed"/"disconnected"
@@ -44,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -51,6 +55,24 @@ from collections.abc import Callable
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class PhoneTls:
+    """A TLS transport for the phone (pjsip's, OpenSSL): ``ca`` set: the peer's
+    certificate is verified against it (pjsip checks the chain, not the name);
+    ``cert``/``key``: what the phone presents when it is called over TLS."""
+
+    ca: Path | str | None = None
+    cert: Path | str | None = None
+    key: Path | str | None = None
+
+    def args(self) -> list[str]:
+        out = ["--tls"]
+        for flag, value in (("--tls-ca", self.ca), ("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if value:
+                out += [flag, str(value)]
+        return out
 
 
 # --------------------------------------------------------------------------- the test side
@@ -61,7 +83,8 @@ class Phone:
 
     def __init__(self, *, port: int = 0, tone_wav: Path | str | None = None,
                  auto_answer_ms: int | None = 200, answer_code: int = 200,
-                 workdir: Path | str | None = None, log_level: int = 5, srtp: bool = False) -> None:  # fmt: skip
+                 workdir: Path | str | None = None, log_level: int = 5, srtp: bool = False,
+                 tls: PhoneTls | None = None) -> None:  # fmt: skip
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="phone-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "pjsua.log"
@@ -74,6 +97,8 @@ class Phone:
             cmd += ["--auto-answer-ms", str(auto_answer_ms)]
         if srtp:
             cmd += ["--srtp"]
+        if tls is not None:
+            cmd += tls.args()
         self.cmd = cmd
         self.events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
@@ -84,7 +109,9 @@ class Phone:
                                      start_new_session=True)  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.port = int(self.wait_event("ready", timeout=15)["port"])
+        ready = self.wait_event("ready", timeout=15)
+        self.port = int(ready["port"])
+        self.tls_port: int | None = ready.get("tls_port")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -104,6 +131,10 @@ class Phone:
     @property
     def uri(self) -> str:
         return f"sip:phone@127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        """pjsip's log: every message it sent or received, with the transport (\"TLS\")."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_event(self, name: str, timeout: float = 10.0, n: int = 1,
                    pred: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -227,6 +258,19 @@ def run_phone(args: Any) -> int:  # noqa: C901 (one flat event loop reads best h
     tcfg.publicAddress = "127.0.0.1"
     tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
     port = ep.transportGetInfo(tid).localName.split(":")[-1]
+    tls_port = None
+    if args.tls:
+        tls = pj.TransportConfig()
+        tls.port = 0
+        tls.boundAddress = "127.0.0.1"
+        tls.publicAddress = "127.0.0.1"
+        tls.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD  # 1.2 and newer
+        tls.tlsConfig.CaListFile = args.tls_ca or ""
+        tls.tlsConfig.verifyServer = bool(args.tls_ca)
+        tls.tlsConfig.certFile = args.tls_cert or ""
+        tls.tlsConfig.privKeyFile = args.tls_key or ""
+        tls_tid = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tls)
+        tls_port = int(ep.transportGetInfo(tls_tid).localName.split(":")[-1])
     ep.libStart()
     ep.audDevManager().setNullDev()
     # G.711 only, PCMU first: what the switch speaks (and telephone-event, always on).
@@ -327,7 +371,7 @@ def run_phone(args: Any) -> int:  # noqa: C901 (one flat event loop reads best h
         commands.put({"cmd": "quit"})
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    emit("ready", port=int(port))
+    emit("ready", port=int(port), tls_port=tls_port)
 
     def finish_call(cid: int) -> None:
         calls.pop(cid, None)
@@ -415,6 +459,10 @@ def main() -> int:
     ap.add_argument("--log-file", default="")
     ap.add_argument("--log-level", type=int, default=3)
     ap.add_argument("--srtp", action="store_true", help="offer and accept SDES-SRTP only (RTP/SAVP)")
+    ap.add_argument("--tls", action="store_true", help="also a TLS transport (its port in the ready event)")
+    ap.add_argument("--tls-ca", help="verify TLS peers against this CA file (PEM)")
+    ap.add_argument("--tls-cert", help="certificate (PEM) the TLS transport presents")
+    ap.add_argument("--tls-key", help="its private key (PEM)")
     args = ap.parse_args()
     return run_phone(args)
 

@@ -13,6 +13,7 @@ import hashlib
 import re
 import select
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,12 +26,16 @@ pytestmark = pytest.mark.e2e
 
 
 class TcpPhone:
-    """One TCP connection to the switch: sends hand-written requests, frames what comes
-    back (its own small framer: the harness never imports the switch)."""
+    """One TCP connection to the switch (TLS over it with ``tls``, verified for the
+    target's host): sends hand-written requests, frames what comes back (its own small
+    framer: the harness never imports the switch)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
         self.target = target
+        self.transport = "TLS" if tls else "TCP"
         self.sock = socket.create_connection(target, timeout=2)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=target[0])
         self.addr: tuple[str, int] = self.sock.getsockname()[:2]
         self._buf = b""
         self.call_id = uuid.uuid4().hex + "@e2e"
@@ -48,13 +53,13 @@ class TcpPhone:
         lines = [
             f"{method} {ruri} SIP/2.0",
             cl_first.format(n=len(body.encode())),
-            f"Via: SIP/2.0/TCP {lh}:{lp};branch=z9hG4bK-{uuid.uuid4().hex[:16]};rport",
+            f"Via: SIP/2.0/{self.transport} {lh}:{lp};branch=z9hG4bK-{uuid.uuid4().hex[:16]};rport",
             "Max-Forwards: 70",
             f"From: <sip:e2e@{lh}:{lp}>;tag={self.from_tag}",
             f"To: {to}",
             f"Call-ID: {self.call_id}",
             f"CSeq: {cseq} {method}",
-            f"Contact: <sip:e2e@{lh}:{lp};transport=tcp>",
+            f"Contact: <sip:e2e@{lh}:{lp};transport={self.transport.lower()}>",
             *extra,
         ]
         if body:
@@ -77,7 +82,8 @@ class TcpPhone:
                     msg, self._buf = self._buf[:total], self._buf[total:]
                     return msg.decode(errors="replace")
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0  # decrypted, unread
+            if left <= 0 or not (pending or select.select([self.sock], [], [], left)[0]):
                 return None
             data = self.sock.recv(65536)
             assert data, "the switch closed the TCP connection (could not frame our request?)"

@@ -18,6 +18,7 @@ from switch.calls.engine import CallEngine
 from switch.calls.routing import OutboundRoutes
 from switch.security.access import Caller, CallerKind
 from switch.sip.message import SipRequest, SipResponse, make_response, parse_message
+from switch.sip.tls import TlsError
 from switch.sip.transaction import TransactionLayer
 from switch.tasks import events
 from switch.tasks.boundary import CallError
@@ -55,13 +56,25 @@ class FakeTransport:
     """What the engine needs of SipTransport, over a real TransactionLayer."""
 
     local_addr = ("127.0.0.1", 5060)
+    tls_addr: tuple[str, int] | None = ("127.0.0.1", 5061)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.layer = TransactionLayer()
         self.streams: dict[Any, Any] = {}
+        self.tls_connected: list[tuple[tuple[str, int], str]] = []  # (address, name checked)
+        self.tls_refusal: str | None = None  # connect_tls fails with this reason
         self.user: Any = None
         self.wire: list[tuple[SipRequest | SipResponse, tuple[str, int]]] = []
+
+    def transport_of(self, addr: tuple[str, int]) -> str:
+        return "TLS" if any(a == addr for a, _ in self.tls_connected) else "UDP"
+
+    async def connect_tls(self, addr: tuple[str, int], server_name: str) -> None:
+        await asyncio.sleep(0)
+        if self.tls_refusal is not None:
+            raise TlsError(self.tls_refusal)
+        self.tls_connected.append((addr, server_name))
 
     def _service(self) -> None:
         while (event := self.layer.next_event()) is not None:
@@ -95,7 +108,8 @@ class FakeTransport:
 class Rig:
     """An engine with a fake task launcher: each call's task is a list of its events."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, rtp_ports: int = 10, launch_error: str | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, rtp_ports: int = 10, launch_error: str | None = None,
+                 gateway: str = f"sip:{CALLEE[0]}:{CALLEE[1]}") -> None:
         self.loop = loop
         self.sip = FakeTransport(loop)
         self.media: list[FakeMedia] = []
@@ -106,7 +120,7 @@ class Rig:
         self.launch_error = launch_error
         admission = Admission(_Lag(loop), 100)  # type: ignore[arg-type]
         self.engine = CallEngine(loop, self.sip, admission, None, open_media=self._open_media,  # type: ignore[arg-type]
-                                 launch=self._launch, gateways=OutboundRoutes(f"sip:{CALLEE[0]}:{CALLEE[1]}"))
+                                 launch=self._launch, gateways=OutboundRoutes(gateway))
         self.board = Switchboard(self.engine, self.post)
 
     async def _open_media(self, call_id: str, family: int = socket.AF_INET) -> FakeMedia:
@@ -294,6 +308,84 @@ def test_bridged_call_rings_answers_relays_and_the_caller_hanging_up_ends_the_ca
     assert statuses(out) == [200, "BYE"]  # the whole call stops: the callee is hung up too
     assert events.break_bridge(None, "remote hung up") in rig.events[9]
     rig.sip.deliver(make_response(out[1], 200), CALLEE)  # type: ignore[arg-type]
+    rig.assert_nothing_left()
+
+
+@pytest.mark.parametrize(("gateway", "contact"), [
+    (f"sip:{CALLEE[0]}:{CALLEE[1]};transport=tls", "<sip:127.0.0.1:5061;transport=tls>"),
+    (f"sips:{CALLEE[0]}:{CALLEE[1]}", "<sips:127.0.0.1:5061>"),  # RFC 3261 §8.1.1.8: a SIPS Contact
+])
+def test_a_tls_route_connects_first_and_names_tls_in_via_and_contact(
+        loop: asyncio.AbstractEventLoop, gateway: str, contact: str) -> None:
+    rig = Rig(loop, gateway=gateway)
+    egress, offer = bridge(rig)
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    assert rig.sip.tls_connected == [(CALLEE, CALLEE[0])]  # the certificate must name the URI's host
+    (out_invite,) = rig.sip.take()
+    assert isinstance(out_invite, SipRequest)
+    assert out_invite.uri == gateway.replace(f"{CALLEE[0]}", f"1000@{CALLEE[0]}"), out_invite.uri
+    assert out_invite.headers["via"][0].startswith("SIP/2.0/TLS 127.0.0.1:5061;"), out_invite.headers["via"]
+    assert out_invite.headers["contact"] == [contact]
+    callee_reply(rig, 200, out_invite, SDP)
+    (ack,) = rig.sip.take()
+    assert isinstance(ack, SipRequest) and ack.headers["via"][0].startswith("SIP/2.0/TLS "), ack
+    rig.run(asyncio.sleep(0.01))  # the bridge answers the caller (over UDP: its own transport)
+    (ok,) = rig.sip.take()
+    assert isinstance(ok, SipResponse) and ok.status == 200 and ok.headers["contact"] == ["<sip:127.0.0.1:5060>"]
+    rig.sip.deliver(from_caller("ACK", ok, 1), PHONE)
+    rig.sip.deliver(from_caller("BYE", ok, 2), PHONE)
+    answer, bye = rig.sip.take()
+    assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.headers["via"][0].startswith("SIP/2.0/TLS ")
+    rig.sip.deliver(make_response(bye, 200), CALLEE)
+    rig.assert_nothing_left()
+
+
+def tls_bridged_call(rig: Rig) -> SipResponse:
+    """A call bridged to the TLS gateway, answered both ways: our 200 to the caller."""
+    egress, offer = bridge(rig)
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    (out_invite,) = rig.sip.take()
+    assert isinstance(out_invite, SipRequest)
+    callee_reply(rig, 200, out_invite, SDP)
+    rig.run(asyncio.sleep(0.01))
+    ack, ok = rig.sip.take()
+    assert isinstance(ok, SipResponse) and ok.status == 200
+    rig.sip.deliver(from_caller("ACK", ok, 1), PHONE)
+    return ok
+
+
+@pytest.mark.parametrize("refused", [None, "cannot connect to 127.0.0.1:5090: Connection refused"])
+def test_a_tls_leg_whose_connection_closed_connects_again_for_its_bye_or_fails_it_never_udp(
+        loop: asyncio.AbstractEventLoop, refused: str | None) -> None:
+    rig = Rig(loop, gateway=f"sips:{CALLEE[0]}:{CALLEE[1]}")
+    ok = tls_bridged_call(rig)
+    rig.sip.tls_connected.clear()  # the gateway closed the connection mid-call
+    rig.sip.tls_refusal = refused
+    rig.sip.deliver(from_caller("BYE", ok, 2), PHONE)
+    assert statuses(rig.sip.take()) == [200]  # the caller's BYE is answered; ours waits for a connection
+    rig.run(asyncio.sleep(0.01))
+    if refused is None:
+        assert rig.sip.tls_connected == [(CALLEE, CALLEE[0])]  # connected again, the name checked again
+        (bye,) = rig.sip.take()
+        assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.headers["via"][0].startswith("SIP/2.0/TLS")
+        rig.sip.deliver(make_response(bye, 200), CALLEE)
+    else:
+        assert rig.sip.take() == []  # not sent at all: the leg ends as if the BYE got a 503
+    rig.assert_nothing_left()
+
+
+def test_a_failed_tls_handshake_fails_the_leg_with_503_and_sends_nothing(loop: asyncio.AbstractEventLoop) -> None:
+    rig = Rig(loop, gateway=f"sips:{CALLEE[0]}:{CALLEE[1]}")
+    rig.sip.tls_refusal = "the peer's certificate was refused: self-signed certificate"
+    egress, offer = bridge(rig)
+    with pytest.raises(CallError, match="TLS to 127.0.0.1 .* failed: the peer's certificate was refused"):
+        rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    assert rig.sip.take() == []  # no INVITE went anywhere, in the clear or otherwise
+    (broken,) = rig.events[1]
+    assert broken == events.break_bridge(503, broken["reason"]) and "certificate" in broken["reason"], broken
+    assert rig.media == []  # no RTP port was taken for it
+    rig.controls[1].disconnect()
+    assert statuses(rig.sip.take()) == [503]
     rig.assert_nothing_left()
 
 

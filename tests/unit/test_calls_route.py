@@ -11,6 +11,7 @@ from switch.tasks.boundary import CallError
 
 class FakeSip:
     local_addr = ("127.0.0.1", 5070)
+    tls_addr = ("127.0.0.1", 5071)
     user = None
 
 
@@ -86,3 +87,25 @@ def test_bad_srtp_settings_say_what_is_wrong(tmp_path, setting: str, message: st
     path.write_text(setting + "\n")
     with pytest.raises(ConfigError, match=message):
         load(str(path), {})
+
+
+@pytest.mark.parametrize("dest, expected, addr", [
+    ("sips:bob@pbx.example.com", "sips:bob@pbx.example.com", ("pbx.example.com", 5061)),  # RFC 3263 §4.2
+    ("sip:bob@192.0.2.7;transport=TLS", "sip:bob@192.0.2.7;transport=TLS", ("192.0.2.7", 5061)),
+    ("sips:bob@[2001:db8::7]:5071", "sips:bob@[2001:db8::7]:5071", ("2001:db8::7", 5071)),
+    ("sip:1000@127.0.0.1:5071", "sip:1000@10.0.0.1:5060", ("10.0.0.1", 5060)),  # our TLS port is us too
+])
+def test_a_dialled_tls_uri_keeps_its_scheme_and_transport_and_defaults_to_5061(dest, expected, addr):
+    route = engine().route(dest)
+    assert str(route.uri) == expected and route.addr == addr
+    assert route.tls == (addr[1] != 5060)
+
+
+def test_a_tls_gateway_gets_the_number_in_its_own_scheme_and_transport():
+    e = engine(default="sips:trunk.example.net", routes=(("1800", "sip:10.0.0.2;transport=tls;lr"),))
+    one, two = e.route("1000"), e.route("18005551234")
+    assert (str(one.uri), one.addr, one.tls, one.server_name) == (
+        "sips:1000@trunk.example.net", ("trunk.example.net", 5061), True, "trunk.example.net")
+    assert (str(two.uri), two.addr, two.tls) == ("sip:18005551234@10.0.0.2;transport=tls", ("10.0.0.2", 5061), True)
+    assert not engine().route("1000").tls
+    assert [str(g) for g in e.router.gateways.gateways()] == ["sip:10.0.0.2;transport=tls;lr", "sips:trunk.example.net"]

@@ -77,7 +77,7 @@ class MetricsRig(Rig):
         self.pool = WorkerPool(loop, 2)
         self.switch = SimpleNamespace(
             loop=loop, engine=self.engine, tasks=self.pool, apps=apps, app=None,
-            sip=SimpleNamespace(layer=self.sip.layer, bad_datagrams=2, flood_dropped=5, streams={}),
+            sip=SimpleNamespace(layer=self.sip.layer, bad_datagrams=2, flood_dropped=5, streams={}, tls_failures=1),
             clock=MediaClock(loop), ports=RtpPortPool(20000, 20099), lag=SimpleNamespace(lag=0.004, sustained=0.001),
             access=self.engine.access,
         )
