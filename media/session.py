@@ -905,6 +905,9 @@ class MediaSession:
         self.closed = True
         self._end_playout()
         self._keepalive_update()
+        # The fill refers back to us: without this, every closed leg's session (and all
+        # it holds) would wait for the cyclic GC instead of going at its last reference.
+        self._keepalive = None
         self.on_dtmf = None
         self.on_rtp = None
         if self._rtcp_timer is not None:

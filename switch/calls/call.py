@@ -135,9 +135,9 @@ class Call:
             for leg in list(self.legs):
                 if not leg.ended:
                     leg.hang_up(status, reason, now)
-                    self.pump(leg)
-                    if tell_tasks:
+                    if tell_tasks:  # before pump(): the leg's retirement may close the call
                         self.post(leg, events.disconnect(None, reason))
+                    self.pump(leg)
             if not self.legs:
                 self._close()
         return self.closed
@@ -152,6 +152,14 @@ class Call:
         if not self.closed.done():
             self.closed.set_result(None)
         self.engine.call_closed(self)
+        # A LegControl, a task's sink (-> its record -> its LegControl) and the bridge
+        # all refer back to the call: dropping the call's side of those cycles, now that
+        # the observers have read it, lets its whole graph (legs, dialogs, SDP, media) go
+        # by reference count once the engine and the tasks let go, not by the cyclic GC,
+        # whose passes over ~50-90 objects per call were 25-80 ms pauses at 400 calls/s.
+        self._controls.clear()
+        self.sinks.clear()
+        self.bridge = None
 
     # ------------------------------------------------------------------ legs
     def pump(self, leg: Leg) -> None:
