@@ -36,9 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import quickjs
-
-from .engine import ENGINE, INTERRUPT_HANDLER, counter_offset, pointers, request_poll
+from .engine import ENGINE, INTERRUPT_HANDLER, counter_offset, heap_size, request_poll
 
 HEADROOM = 1024 * 1024
 WATCH_INTERVAL = 0.1
@@ -81,12 +79,10 @@ class CpuBudget:
         if self._watcher is not None:
             self._watcher.join(timeout=1)
 
-    def attach(self, ctx: quickjs.Context) -> tuple[int, int]:
-        """Install the handler on ``ctx``'s runtime (one runtime per binding Context);
-        returns its (JSRuntime*, JSContext*), for ``start_segment``."""
-        engine_ptrs = pointers(ctx)
-        ENGINE.JS_SetInterruptHandler(engine_ptrs[0], self._handler, None)
-        return engine_ptrs
+    def attach(self, runtime: int) -> None:
+        """Install the handler on the tasks' ``JSRuntime`` (``heap.SharedRuntime``: one
+        for all tasks of the thread)."""
+        ENGINE.JS_SetInterruptHandler(runtime, self._handler, None)
 
     def start_segment(self, engine_ptrs: tuple[int, int]) -> None:
         """Control enters JS for the task whose context ``attach`` returned this for."""
@@ -118,7 +114,8 @@ class CpuBudget:
                 if not self._tripped:
                     self._trip()
         if self.memory_limit:  # every time: the watcher may have squeezed the heap since
-            ENGINE.JS_SetMemoryLimit(runtime, self.memory_limit + HEADROOM)
+            # the runtime is shared: room above what it holds now, for the running task
+            ENGINE.JS_SetMemoryLimit(runtime, heap_size(runtime) + HEADROOM)
         return 1
 
     def _watch(self) -> None:

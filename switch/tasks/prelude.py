@@ -70,7 +70,11 @@ function makeRequire(from) {
     m = { id: path, exports: {}, loaded: false };
     cache[path] = m;
     try {
-      var fn = (0, eval)(call('$source', [path]));
+      // compiled once per app version; the source only when it does not compile, so
+      // that the engine reports the syntax error at the require as it would
+      var src = call('$load', [path]);
+      var fn = src === null ? g.__sw_module : (0, eval)(src);
+      delete g.__sw_module;
       fn.call(m.exports, m.exports, makeRequire(path), m, path, dirname(path));
     } catch (e) {
       delete cache[path];
