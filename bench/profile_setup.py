@@ -3,7 +3,8 @@ of the switch while SIPp places calls at --rate against bench/apps/answer_play, 
 functions with the largest inclusive share. With --against OTHER.txt (an earlier run's
 raw profile, e.g. from a worktree of an older commit) it prints the growth instead.
 With --worker the switch runs one JS worker (--js-workers 1) and that worker is
-profiled instead; --native adds the C frames (the QuickJS engine's functions).
+profiled instead; --native adds the C frames (the QuickJS engine's functions; py-spy
+then pauses the process at each sample, which slows it).
 
     .venv/bin/python bench/profile_setup.py --rate 400 --out /tmp/new.txt [--against /tmp/old.txt]
     .venv/bin/python bench/profile_setup.py --rate 100 --worker --native --out /tmp/worker.txt
@@ -53,8 +54,9 @@ def main() -> None:
     sw = start_switch("answer_play", ["--js-workers", "1"] if a.worker else [])
     pid = children(sw.proc.pid)[0] if a.worker else sw.proc.pid
     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", "10",
-                            "-r", "200", "-f", "raw", "-o", str(a.out), "--nonblocking",
-                            *(["--native"] if a.native else [])],
+                            "-r", "200", "-f", "raw", "-o", str(a.out),
+                            # C frames need the process paused at each sample
+                            *(["--native"] if a.native else ["--nonblocking"])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = sipp_load(sw.sip_target, rate=a.rate, calls=int(a.rate * 12), hold_ms=1000, limit=int(a.rate * 10) + 100,
                     timeout=80)

@@ -530,6 +530,7 @@ class TaskRuntime:
                 break
         return f"{where}: {message}", "\n".join(frames)
 
+_PLAIN = frozenset((type(None), bool, int, float, str))  # verb results that need no waiting
 _PRELUDE_CODE: list[Bytecode] = []
 
 
@@ -593,7 +594,7 @@ class _Gate:
                 args = tuple(json.loads(a) if i in spec.json_args and a is not None else a
                              for i, a in enumerate(args))
             result = spec.impl(task, *args)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN and inspect.isawaitable(result):  # the type test is cheaper
                 result = task.wait(result)
             t = type(result)
             if result is None or t is bool or t is int or t is float:
