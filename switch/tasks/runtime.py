@@ -1,11 +1,13 @@
 """The task runtime: JS tasks as greenlets on one asyncio loop (a JS worker's, worker.py).
 
 Each task is a greenlet (parent: the "hub", the greenlet running the event loop) that
-runs one entry function of a ``JsApp`` in its OWN ``quickjs.Context``. When JS calls a
-blocking verb (``ReadInput``, or a call verb whose ``CallControl`` method returns an
-awaitable) the Python callable switches to the hub; a timer, a posted event or the
-awaitable's done-callback later resumes the task, always from a loop callback in the hub
-(never task -> task). All JS of a runtime runs on its loop's thread.
+runs one entry function of a ``JsApp`` in its OWN QuickJS context; the contexts of a
+runtime share one engine runtime (``heap.SharedRuntime``: why, and how each task keeps
+its own memory limit and stack frames). When JS calls a blocking verb (``ReadInput``, or
+a call verb whose ``CallControl`` method returns an awaitable) the Python callable
+switches to the hub; a timer, a posted event or the awaitable's done-callback later
+resumes the task, always from a loop callback in the hub (never task -> task). All JS
+of a runtime runs on its loop's thread.
 
 Ending a task: when its entry returns or throws, its context is dropped, it leaves the
 registry and ``leg.task_ended(error)`` is called (once). ``terminate()``/``shutdown()``
@@ -20,12 +22,16 @@ Measured on the shared 2-core dev box (Python 3.11, quickjs-ng 0.17, greenlet 3.
 perf figures are printed by ``pytest tests/unit -k "tasks_perf or 1000" -s``):
 
 * task creation, from ``start()`` to blocked in ``ReadInput`` (500 tasks, a ~50-line
-  main.js with one ``require``): 0.72 ms (2026-12-01; 0.85-1.05 ms when the prelude was
-  compiled per task). The prelude now runs from bytecode compiled once per process
-  (``engine.Bytecode``: 0.19 ms instead of 0.81 ms on a loaded box); most of what is left
-  is the binding's fresh JSRuntime + JSContext per task (0.15-0.35 ms) and compiling the
-  app's main.js;
-* RSS per idle task blocked in ``ReadInput``: 231 KiB (VmRSS delta over 500 tasks; 247 KiB before the bytecode prelude);
+  main.js with one ``require``): 0.27 ms (2026-12-02, median of 5 runs; 0.82 ms for the
+  commit before, same box and hour). Where it goes (``bench/task_cost.py``): the task's
+  context in the shared runtime ~0.10-0.15 ms (``JS_NewContextRaw`` + ``INTRINSICS``; the
+  binding's ``quickjs.Context``, a runtime of its own, was 0.19-0.28 ms), the prelude from
+  bytecode ~0.09 ms, the app from bytecode compiled once per app version (main.js and its
+  ``require``s) and the entry to its first wait the rest;
+* RSS per idle task blocked in ``ReadInput``: 77 KiB (VmRSS delta over 500 tasks; 230 KiB
+  with a runtime per task): the context 34 KiB, the prelude 19 KiB, the app ~5 KiB (the
+  engine's own count, ``malloc_size``), the suspended greenlet's copy of its C stack
+  ~11 KiB (tracemalloc), Python objects ~4 KiB;
 * a verb crossing JS -> Python -> JS (``ThisTask()``): ~1 us; a raw greenlet switch out of
   a QuickJS callable and back: ~1 us (2.5 us with 20 JS frames on the stack);
   ``ReadInput`` suspend + timer + resume through the loop: 8-9 us; ``SendEvent`` +
