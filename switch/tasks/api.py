@@ -536,7 +536,8 @@ def markdown() -> str:
         "`BigInt`, the `Error` types, `Math`, `Reflect`, `Iterator`, generators, `parseInt` and "
         "the like), `Date`, `eval`, `RegExp`, `JSON`, `Map`, `Set`, `WeakMap`, `WeakSet`, plus "
         "`console` and the verbs below. Not there: `Promise` (nothing runs the job queue between "
-        "verbs, so a promise would never settle; an `async` function's result never does), "
+        "verbs, so a promise could never settle; an `async` function returns an object with no "
+        "`then` and never resumes after an `await`), "
         "`Proxy`, `ArrayBuffer` and the typed arrays, `WeakRef`, `atob`/`btoa`, `performance`. "
         "Apps run from bytecode compiled once per app version, so `String(fn)` of an app "
         "function shows no body.",

@@ -92,6 +92,10 @@ SIZE_MAX = 2**64 - 1
 GC_THRESHOLD_OFFSET = 1208  # size_t malloc_gc_threshold
 STACK_SIZE_OFFSET = 1216
 CURRENT_FRAME_OFFSET = 1264
+# struct list_head job_list (pending promise jobs) and the layout of its entries,
+# JSJobEntry {list_head link; JSContext *ctx; JSJobFunc *job_func; int argc; JSValue argv[]}
+JOB_LIST_OFFSET = 1328
+JOB_CTX, JOB_ARGC, JOB_ARGV = 16, 32, 40
 TIME_LIMIT_OFFSET = 16 + 24  # clock_t time_limit, after int has_time_limit (+ padding)
 THREAD_STATE_OFFSET = 16 + 32
 
@@ -133,6 +137,7 @@ class SharedRuntime:
         self._size = (ctypes.c_size_t * 1).from_address(self.runtime + MALLOC_SIZE_OFFSET)
         self._stack = (ctypes.c_size_t * 3).from_address(self.runtime + STACK_SIZE_OFFSET)
         self._frame = (ctypes.c_size_t * 1).from_address(self.runtime + CURRENT_FRAME_OFFSET)
+        self._jobs = (ctypes.c_size_t * 2).from_address(self.runtime + JOB_LIST_OFFSET)  # prev, next
         # written directly on every task switch (JS_SetMemoryLimit and JS_SetGCThreshold
         # only store them; a ctypes call costs ~0.7 us, a field write ~0.1 us)
         self._limit = (ctypes.c_size_t * 1).from_address(self.runtime + MALLOC_LIMIT_OFFSET)
@@ -143,6 +148,7 @@ class SharedRuntime:
         ENGINE.JS_FreeValue(self._host_context, glob)
         ENGINE.JS_SetMaxStackSize(self.runtime, max_stack)
         self._check_execution_state(max_stack)
+        self._check_jobs()
         ENGINE.JS_SetGCThreshold(self.runtime, SIZE_MAX)  # collect() runs it, between tasks
         if self._gc_threshold[0] != SIZE_MAX:
             raise BindingMismatch("quickjs engine: JSRuntime's malloc_gc_threshold is not where expected; "
@@ -183,7 +189,43 @@ class SharedRuntime:
             raise BindingMismatch("quickjs engine: JSRuntime's stack fields are not laid out as expected; "
                                   "install the quickjs-ng version pinned in pyproject.toml")
 
+    def _check_jobs(self) -> None:
+        head = self.runtime + JOB_LIST_OFFSET
+        empty = self._jobs[0] == head and self._jobs[1] == head
+        self._host.eval("(async function () { await 1; })(); void 0")
+        entry = self._jobs[1]
+        ok = empty and entry != head and ctypes.c_size_t.from_address(entry + JOB_CTX).value == self._host_context
+        if ok:
+            self.discard_jobs()
+        if not ok or self._jobs[1] != head:
+            raise BindingMismatch("quickjs engine: JSRuntime's job list is not laid out as expected; "
+                                  "install the quickjs-ng version pinned in pyproject.toml")
+
     # -- the running task's execution state
+
+    @property
+    def jobs_pending(self) -> bool:
+        return bool(self._jobs[1] != self.runtime + JOB_LIST_OFFSET)
+
+    def discard_jobs(self) -> None:
+        """Drop the pending jobs (at the end of each task's segment, so they are all
+        that task's). Task contexts have no Promise (``engine.INTRINSICS``), so today no
+        job is ever queued in them (the start-up check queues one in the host); this
+        keeps that safe if an intrinsic that queues jobs is added: nothing runs the
+        queue between verbs, and its entries name their context without holding it, so
+        a job left behind would outlive its task's context."""
+        head = self.runtime + JOB_LIST_OFFSET
+        node = self._jobs[1]
+        while node != head:
+            following = ctypes.c_size_t.from_address(node + 8).value
+            context = ctypes.c_size_t.from_address(node + JOB_CTX).value
+            argc = ctypes.c_int.from_address(node + JOB_ARGC).value
+            for value in (JSValue * argc).from_address(node + JOB_ARGV):
+                ENGINE.JS_FreeValue(context, value)
+            ENGINE.js_free(context, node)
+            node = following
+        self._jobs[0] = self._jobs[1] = head
+
 
     def suspended(self) -> tuple[int, int, int]:
         """A task gave the thread back in the middle of its JS (a blocking verb): take
@@ -192,6 +234,8 @@ class SharedRuntime:
         are on the suspended greenlet's stack, which is copied away)."""
         state = (int(self._frame[0]), int(self._stack[1]), int(self._stack[2]))
         self._frame[0] = 0
+        if self.jobs_pending:
+            self.discard_jobs()
         return state
 
     def resumed(self, state: tuple[int, int, int]) -> None:
@@ -353,6 +397,8 @@ class TaskContext:
         if shared._shares.pop(self.context, None) is None:
             return
         before = shared.size
+        if shared.jobs_pending:
+            shared.discard_jobs()  # this task's: their entries name this context
         ENGINE.JS_FreeContext(self.context)
         shared._ended_garbage += max(0, self.share.used - (before - shared.size))
 

@@ -190,3 +190,24 @@ async def _start_and_end(rt: TaskRuntime, app: Any) -> Any:
     task = rt.start(app, "Main")
     await until_idle(rt)
     return task
+
+
+def test_async_functions_are_inert_and_leave_no_job(tmp_path: Path, caplog: Any) -> None:
+    """Without the Promise intrinsic (engine.INTRINSICS) an async function returns an
+    object with no ``then`` and its continuation never runs, as docs/js-api.md says; no
+    job is left in the runtime's one queue, where it would name a freed context."""
+    app = make_app(tmp_path, {"main.js": """
+async function later() { await 1; console.log('resumed'); }
+function Main() { var r = later(); ReadInput(0.001); console.log('then is', typeof r.then, typeof Promise); }
+"""})
+
+    async def test(rt: TaskRuntime) -> bool:
+        for _ in range(20):
+            rt.start(app, "Main")
+        await until_idle(rt)
+        return rt._shared.jobs_pending
+
+    assert run(test) is False
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.endswith("then is undefined undefined") for m in messages) == 20, messages
+    assert not any("resumed" in m for m in messages)
