@@ -92,6 +92,7 @@ def _load() -> ctypes.PyDLL:
         "JS_SetPropertyStr": ([vp, JSValue, ctypes.c_char_p, JSValue], ctypes.c_int),
         "JS_DupValue": ([vp, JSValue], JSValue),
         "JS_NewStringLen": ([vp, ctypes.c_char_p, size_t], JSValue),
+        "JS_ParseJSON": ([vp, ctypes.c_char_p, size_t, ctypes.c_char_p], JSValue),
         **{f"JS_AddIntrinsic{name}": ([vp], ctypes.c_int) for name in INTRINSICS},
     }
     for name, (args, result) in signatures.items():

@@ -28,10 +28,11 @@ perf figures are printed by ``pytest tests/unit -k "tasks_perf or 1000" -s``):
   binding's ``quickjs.Context``, a runtime of its own, was 0.19-0.28 ms), the prelude from
   bytecode ~0.09 ms, the app from bytecode compiled once per app version (main.js and its
   ``require``s) and the entry to its first wait the rest;
-* RSS per idle task blocked in ``ReadInput``: 77 KiB (VmRSS delta over 500 tasks; 230 KiB
+* RSS per idle task blocked in ``ReadInput``: 75 KiB (VmRSS delta over 500 tasks; 230 KiB
   with a runtime per task): the context 34 KiB, the prelude 19 KiB, the app ~5 KiB (the
   engine's own count, ``malloc_size``), the suspended greenlet's copy of its C stack
-  ~11 KiB (tracemalloc), Python objects ~4 KiB;
+  ~9 KiB (``_stack_saved``; each JS frame on it is ~1.7 KiB, so the runtime calls the
+  entry function itself), Python objects ~4 KiB;
 * a verb crossing JS -> Python -> JS (``ThisTask()``): ~1 us; a raw greenlet switch out of
   a QuickJS callable and back: ~1 us (2.5 us with 20 JS frames on the stack);
   ``ReadInput`` suspend + timer + resume through the loop: 8-9 us; ``SendEvent`` +
@@ -437,10 +438,7 @@ class TaskRuntime:
                 self.budget.start_segment(js.pointers)
             js.run(_prelude().data)  # compiled once per process (engine.Bytecode)
             js.run(self._main_code(task.app))
-            if task.param is None:
-                js.call(b"__sw_enter", task.entry)
-            else:
-                js.call(b"__sw_enter", task.entry, json.dumps(task.param))
+            js.enter(task.entry, None if task.param is None else json.dumps(task.param))
         except quickjs.JSException as e:
             if task.cpu_exceeded:
                 where, stack = self._describe(task, str(e))
