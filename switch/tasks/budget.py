@@ -8,7 +8,8 @@ QuickJS polls an *interrupt handler* every 10,000 bytecode operations (quickjs.c
 The quickjs-ng binding only installs that handler for its own ``set_time_limit``, which
 measures process CPU time from the start of an eval and refuses every call into Python
 while set: useless for a task that calls verbs (DESIGN.md §4). So we install our own on
-each task's runtime through the engine's C API (``engine.py``).
+the tasks' runtime (one for all tasks of a thread, ``heap.py``) through the engine's C
+API (``engine.py``); the running task's segment says whose budget is being spent.
 
 Why CPU time of the thread, not wall time: a task waiting for the GIL or descheduled on
 a busy host has not used its budget. Cost: one Python callback per 10,000 operations
@@ -85,7 +86,8 @@ class CpuBudget:
         ENGINE.JS_SetInterruptHandler(runtime, self._handler, None)
 
     def start_segment(self, engine_ptrs: tuple[int, int]) -> None:
-        """Control enters JS for the task whose context ``attach`` returned this for."""
+        """Control enters JS for the task whose (JSRuntime*, JSContext*) these are
+        (``heap.TaskContext.pointers``)."""
         with self._lock:
             self._tripped = False
             self._runtime, self._context = engine_ptrs

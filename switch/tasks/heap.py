@@ -82,21 +82,20 @@ GC_ENDED = 4 * MiB
 GC_GROWTH = 64 * MiB
 SEGMENT_GC = 1 * MiB  # least growth of one task before the engine may collect inside it
 SIZE_MAX = 2**64 - 1
-# Offsets checked by ``SharedRuntime._check_layout``: JSRuntime starts with
-# JSMallocFunctions (5 pointers), then JSMallocState {count, size, limit, opaque};
-# the binding's RuntimeData has {runtime, context, has_time_limit, time_limit,
-# thread_state, ...} after the object header.
-# JSRuntime's collector threshold and execution state, one per runtime (quickjs-ng 0.17, x86-64/aarch64 LP64:
-# ``ptype/o struct JSRuntime`` in gdb on the wheel's debug info): uintptr_t stack_size,
-# stack_top, stack_limit; and JSStackFrame *current_stack_frame.
-GC_THRESHOLD_OFFSET = 1208  # size_t malloc_gc_threshold
+# Private fields we read and write, each checked at start-up (``_check_*``); quickjs-ng
+# 0.17 on LP64, from ``ptype/o struct JSRuntime`` / ``JSJobEntry`` in gdb on the wheel's
+# debug info. JSRuntime: malloc_size/malloc_limit (engine.py), size_t
+# malloc_gc_threshold, uintptr_t stack_size/stack_top/stack_limit, JSStackFrame
+# *current_stack_frame, struct list_head job_list, whose entries are JSJobEntry
+# {list_head link; JSContext *ctx; JSJobFunc *job_func; int argc; JSValue argv[]}.
+# The binding's RuntimeData: {runtime, context, int has_time_limit, clock_t time_limit,
+# PyThreadState *thread_state, ...} after the object header.
+GC_THRESHOLD_OFFSET = 1208
 STACK_SIZE_OFFSET = 1216
 CURRENT_FRAME_OFFSET = 1264
-# struct list_head job_list (pending promise jobs) and the layout of its entries,
-# JSJobEntry {list_head link; JSContext *ctx; JSJobFunc *job_func; int argc; JSValue argv[]}
 JOB_LIST_OFFSET = 1328
 JOB_CTX, JOB_ARGC, JOB_ARGV = 16, 32, 40
-TIME_LIMIT_OFFSET = 16 + 24  # clock_t time_limit, after int has_time_limit (+ padding)
+TIME_LIMIT_OFFSET = 16 + 24  # after int has_time_limit and its padding
 THREAD_STATE_OFFSET = 16 + 32
 
 # After a task that hit its heap limit or CPU budget (``reclaim``), or a collection that
@@ -257,7 +256,9 @@ class SharedRuntime:
         """A context for a task; what it costs is counted in ``share`` (by ``leave``)."""
         return TaskContext(self, share)
 
-    def _run_js(self, context: int, call: Callable[[], JSValue]) -> JSValue:
+    def _run_js(self, call: Callable[[], JSValue]) -> JSValue:
+        """Run JS with the GIL released, as the binding's own eval does (module
+        docstring: the verb gate takes the GIL back from the thread state set here)."""
         ENGINE.JS_UpdateStackTop(self.runtime)  # greenlets move the C stack between calls
         self._thread_state.value = _get_thread_state()
         try:
@@ -360,7 +361,7 @@ class TaskContext:
         fn = ENGINE.JS_ReadObject(context, bytecode, len(bytecode), JS_READ_OBJ_BYTECODE)
         if fn.tag == JS_TAG_EXCEPTION:
             raise _exception(context)
-        result = self.shared._run_js(context, lambda: JS_RUN.JS_EvalFunction(context, fn))  # owns fn
+        result = self.shared._run_js(lambda: JS_RUN.JS_EvalFunction(context, fn))  # owns fn
         if result.tag == JS_TAG_EXCEPTION:
             raise _exception(context)
         if keep is None:
@@ -386,7 +387,7 @@ class TaskContext:
                 if argv[0].tag == JS_TAG_EXCEPTION:
                     raise _exception(context)
                 argc = 1
-            result = self.shared._run_js(context, lambda: JS_RUN.JS_Call(context, fn, UNDEFINED, argc, argv))
+            result = self.shared._run_js(lambda: JS_RUN.JS_Call(context, fn, UNDEFINED, argc, argv))
         finally:
             if argc:
                 ENGINE.JS_FreeValue(context, argv[0])
@@ -407,7 +408,7 @@ class TaskContext:
             data = arg.encode()
             argv[i] = ENGINE.JS_NewStringLen(context, data, len(data))
         try:
-            result = self.shared._run_js(context, lambda: JS_RUN.JS_Call(context, fn, UNDEFINED, len(args), argv))
+            result = self.shared._run_js(lambda: JS_RUN.JS_Call(context, fn, UNDEFINED, len(args), argv))
         finally:
             for i in range(len(args)):
                 ENGINE.JS_FreeValue(context, argv[i])

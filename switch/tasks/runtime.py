@@ -534,6 +534,7 @@ class TaskRuntime:
                 break
         return f"{where}: {message}", "\n".join(frames)
 
+
 _PLAIN = frozenset((type(None), bool, int, float, str))  # verb results that need no waiting
 _PRELUDE_CODE: list[Bytecode] = []
 
