@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import SIPP, free_udp_port, rss_kib, start_switch
+from common import SIPP, free_udp_port, own_rss_kib, rss_kib, start_switch
 
 from tests.e2e.harness import free_tcp_port
 
@@ -45,7 +45,7 @@ def main() -> None:
     switch = start_switch("answer_wait", ["--control", control] if args.scrape else [])
     pid = switch.proc.pid
     time.sleep(1.0)
-    before = rss_kib(pid)
+    before, switch_before = rss_kib(pid), own_rss_kib(pid, "VmRSS")
     workdir = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     hold_ms = int(1000 * (args.calls / args.rate + 15))
     sipp = subprocess.Popen(
@@ -54,16 +54,18 @@ def main() -> None:
          "-nostdin", "-max_socket", "5000"],
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(args.calls / args.rate + 5)
-    during = rss_kib(pid)
+    during, switch_during = rss_kib(pid), own_rss_kib(pid, "VmRSS")
     # /status, nearly free to build, is the yardstick: the rest is HTTP and the loop's queue.
     gets = {path: time_gets(control, path, args.scrape) for path in ("/status", "/metrics")} if args.scrape else {}
     sipp.terminate()
     sipp.wait(30)
     switch.stop()
     per_call = (during - before) / args.calls
-    print("| idle calls | RSS before (MiB) | RSS with calls (MiB) | per call (KiB) |")
-    print("|---:|---:|---:|---:|")
-    print(f"| {args.calls} | {before / 1024:.0f} | {during / 1024:.0f} | {per_call:.0f} |")
+    switch_share = (switch_during - switch_before) / args.calls
+    print("| idle calls | RSS before (MiB) | RSS with calls (MiB) | per call (KiB) | of which switch + workers |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {args.calls} | {before / 1024:.0f} | {during / 1024:.0f} | {per_call:.0f} | "
+          f"{switch_share:.0f} + {per_call - switch_share:.0f} |")
     for path, (median, worst, size) in gets.items():
         print(f"GET {path} with {args.calls} calls up: median {median:.1f} ms, max {worst:.1f} ms "
               f"({args.scrape} requests), {size} bytes")

@@ -2,8 +2,12 @@
 of the switch while SIPp places calls at --rate against bench/apps/answer_play, then the
 functions with the largest inclusive share. With --against OTHER.txt (an earlier run's
 raw profile, e.g. from a worktree of an older commit) it prints the growth instead.
+With --worker the switch runs one JS worker (--js-workers 1) and that worker is
+profiled instead; --native adds the C frames (the QuickJS engine's functions; py-spy
+then pauses the process at each sample, which slows it).
 
     .venv/bin/python bench/profile_setup.py --rate 400 --out /tmp/new.txt [--against /tmp/old.txt]
+    .venv/bin/python bench/profile_setup.py --rate 100 --worker --native --out /tmp/worker.txt
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import sipp_load, start_switch  # noqa: E402
+from common import children, sipp_load, start_switch  # noqa: E402
 
 
 def shares(path: Path) -> tuple[collections.Counter[str], int]:
@@ -44,10 +48,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="where the raw profile goes")
     ap.add_argument("--against", type=Path, help="an earlier raw profile to compare with")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--worker", action="store_true", help="profile the (one) JS worker, not the switch")
+    ap.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     a = ap.parse_args()
-    sw = start_switch("answer_play", [])
-    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(sw.proc.pid), "-d", "10",
-                            "-r", "200", "-f", "raw", "-o", str(a.out), "--nonblocking"],
+    sw = start_switch("answer_play", ["--js-workers", "1"] if a.worker else [])
+    pid = children(sw.proc.pid)[0] if a.worker else sw.proc.pid
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", "10",
+                            "-r", "200", "-f", "raw", "-o", str(a.out),
+                            # C frames need the process paused at each sample
+                            *(["--native"] if a.native else ["--nonblocking"])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = sipp_load(sw.sip_target, rate=a.rate, calls=int(a.rate * 12), hold_ms=1000, limit=int(a.rate * 10) + 100,
                     timeout=80)

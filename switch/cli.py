@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-calls", type=int, metavar="N",
                      help="live call limit; more INVITEs get 503 (default 5000)")
     run.add_argument("--task-memory-mb", type=int, metavar="MB",
-                     help="memory limit of each call's JS context (default 32)")
+                     help="memory limit of each call's JS task, counted in its worker's shared QuickJS heap (default 32)")
     run.add_argument("--control", metavar="HOST:PORT",
                      help="control API for installapp/apps/calls/route (default 127.0.0.1:5080; 'off' "
                           "disables; beyond loopback it needs control_token in the config)")

@@ -8,7 +8,8 @@ QuickJS polls an *interrupt handler* every 10,000 bytecode operations (quickjs.c
 The quickjs-ng binding only installs that handler for its own ``set_time_limit``, which
 measures process CPU time from the start of an eval and refuses every call into Python
 while set: useless for a task that calls verbs (DESIGN.md §4). So we install our own on
-each task's runtime through the engine's C API (``engine.py``).
+the tasks' runtime (one for all tasks of a thread, ``heap.py``) through the engine's C
+API (``engine.py``); the running task's segment says whose budget is being spent.
 
 Why CPU time of the thread, not wall time: a task waiting for the GIL or descheduled on
 a busy host has not used its budget. Cost: one Python callback per 10,000 operations
@@ -36,9 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import quickjs
-
-from .engine import ENGINE, INTERRUPT_HANDLER, counter_offset, pointers, request_poll
+from .engine import ENGINE, INTERRUPT_HANDLER, counter_offset, heap_size, request_poll
 
 HEADROOM = 1024 * 1024
 WATCH_INTERVAL = 0.1
@@ -81,15 +80,14 @@ class CpuBudget:
         if self._watcher is not None:
             self._watcher.join(timeout=1)
 
-    def attach(self, ctx: quickjs.Context) -> tuple[int, int]:
-        """Install the handler on ``ctx``'s runtime (one runtime per binding Context);
-        returns its (JSRuntime*, JSContext*), for ``start_segment``."""
-        engine_ptrs = pointers(ctx)
-        ENGINE.JS_SetInterruptHandler(engine_ptrs[0], self._handler, None)
-        return engine_ptrs
+    def attach(self, runtime: int) -> None:
+        """Install the handler on the tasks' ``JSRuntime`` (``heap.SharedRuntime``: one
+        for all tasks of the thread)."""
+        ENGINE.JS_SetInterruptHandler(runtime, self._handler, None)
 
     def start_segment(self, engine_ptrs: tuple[int, int]) -> None:
-        """Control enters JS for the task whose context ``attach`` returned this for."""
+        """Control enters JS for the task whose (JSRuntime*, JSContext*) these are
+        (``heap.TaskContext.pointers``)."""
         with self._lock:
             self._tripped = False
             self._runtime, self._context = engine_ptrs
@@ -118,7 +116,8 @@ class CpuBudget:
                 if not self._tripped:
                     self._trip()
         if self.memory_limit:  # every time: the watcher may have squeezed the heap since
-            ENGINE.JS_SetMemoryLimit(runtime, self.memory_limit + HEADROOM)
+            # the runtime is shared: room above what it holds now, for the running task
+            ENGINE.JS_SetMemoryLimit(runtime, heap_size(runtime) + HEADROOM)
         return 1
 
     def _watch(self) -> None:

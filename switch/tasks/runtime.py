@@ -1,11 +1,13 @@
 """The task runtime: JS tasks as greenlets on one asyncio loop (a JS worker's, worker.py).
 
 Each task is a greenlet (parent: the "hub", the greenlet running the event loop) that
-runs one entry function of a ``JsApp`` in its OWN ``quickjs.Context``. When JS calls a
-blocking verb (``ReadInput``, or a call verb whose ``CallControl`` method returns an
-awaitable) the Python callable switches to the hub; a timer, a posted event or the
-awaitable's done-callback later resumes the task, always from a loop callback in the hub
-(never task -> task). All JS of a runtime runs on its loop's thread.
+runs one entry function of a ``JsApp`` in its OWN QuickJS context; the contexts of a
+runtime share one engine runtime (``heap.SharedRuntime``: why, and how each task keeps
+its own memory limit and stack frames). When JS calls a blocking verb (``ReadInput``, or
+a call verb whose ``CallControl`` method returns an awaitable) the Python callable
+switches to the hub; a timer, a posted event or the awaitable's done-callback later
+resumes the task, always from a loop callback in the hub (never task -> task). All JS
+of a runtime runs on its loop's thread.
 
 Ending a task: when its entry returns or throws, its context is dropped, it leaves the
 registry and ``leg.task_ended(error)`` is called (once). ``terminate()``/``shutdown()``
@@ -20,12 +22,17 @@ Measured on the shared 2-core dev box (Python 3.11, quickjs-ng 0.17, greenlet 3.
 perf figures are printed by ``pytest tests/unit -k "tasks_perf or 1000" -s``):
 
 * task creation, from ``start()`` to blocked in ``ReadInput`` (500 tasks, a ~50-line
-  main.js with one ``require``): 0.72 ms (2026-12-01; 0.85-1.05 ms when the prelude was
-  compiled per task). The prelude now runs from bytecode compiled once per process
-  (``engine.Bytecode``: 0.19 ms instead of 0.81 ms on a loaded box); most of what is left
-  is the binding's fresh JSRuntime + JSContext per task (0.15-0.35 ms) and compiling the
-  app's main.js;
-* RSS per idle task blocked in ``ReadInput``: 231 KiB (VmRSS delta over 500 tasks; 247 KiB before the bytecode prelude);
+  main.js with one ``require``): 0.27 ms (2026-12-02, median of 5 runs; 0.82 ms for the
+  commit before, same box and hour). Where it goes (``bench/task_cost.py``): the task's
+  context in the shared runtime ~0.10-0.15 ms (``JS_NewContextRaw`` + ``INTRINSICS``; the
+  binding's ``quickjs.Context``, a runtime of its own, was 0.19-0.28 ms), the prelude from
+  bytecode ~0.09 ms, the app from bytecode compiled once per app version (main.js and its
+  ``require``s) and the entry to its first wait the rest;
+* RSS per idle task blocked in ``ReadInput``: 75 KiB (VmRSS delta over 500 tasks; 230 KiB
+  with a runtime per task): the context 34 KiB, the prelude 19 KiB, the app ~5 KiB (the
+  engine's own count, ``malloc_size``), the suspended greenlet's copy of its C stack
+  ~9 KiB (``_stack_saved``; each JS frame on it is ~1.7 KiB, so the runtime calls the
+  entry function itself), Python objects ~4 KiB;
 * a verb crossing JS -> Python -> JS (``ThisTask()``): ~1 us; a raw greenlet switch out of
   a QuickJS callable and back: ~1 us (2.5 us with 20 JS frames on the stack);
   ``ReadInput`` suspend + timer + resume through the loop: 8-9 us; ``SendEvent`` +
@@ -61,6 +68,7 @@ from .app import MAIN, JsApp, ModuleNotFound
 from .boundary import CallControl, CallError, Switchboard
 from .budget import CpuBudget
 from .engine import Bytecode
+from .heap import HeapShare, SharedRuntime, TaskContext, compile_app_script
 from .events import Event
 from .prelude import PRELUDE
 
@@ -118,10 +126,11 @@ class Task:
         self.state = TaskState.PENDING
         self.error: str | None = None  # "file:line: message" if the task threw
         self.cpu_exceeded = False  # interrupted by the CPU budget: no verb is served any more
-        self._engine_ptrs = (0, 0)  # its context's (JSRuntime*, JSContext*), for the CPU budget
+        self.heap = HeapShare()  # its count of the runtime's shared heap (heap.py)
         self.log = TaskLogger(log, {"prefix": f"task[{tid} {app.name}]"})
         self._greenlet: greenlet.greenlet | None = None
-        self._ctx: quickjs.Context | None = None
+        self._js: TaskContext | None = None
+        self._js_state: tuple[int, int, int] | None = None  # its engine frames while suspended
         self._timer: asyncio.TimerHandle | None = None
         self._future: asyncio.Future[Any] | None = None
         self._wake_pending = False
@@ -238,10 +247,17 @@ class TaskRuntime:
         self._hub: greenlet.greenlet | None = None
         self._impls: dict[str, Callable[..., Any]] = {v.name: v.impl for v in api.python_verbs()}  # type: ignore[misc]
         self._impls["$resolve"] = _resolve
-        self._impls["$source"] = _source
+        self._impls["$load"] = _load_module
         self._json_args = {v.name: api.json_params(v) for v in api.python_verbs()}
         self._specs = {name: _VerbSpec(name, impl, self._json_args.get(name, ()))
                        for name, impl in self._impls.items()}
+        # Every task's context lives in this one JSRuntime (heap.py says why and how each
+        # task keeps its own memory limit); each app version is compiled once, here.
+        self._shared = SharedRuntime(_Gate(self), memory_limit, max_stack)
+        # app version -> file -> bytecode (None: does not compile); gone with the version
+        self._code: weakref.WeakKeyDictionary[JsApp, dict[str, bytes | None]] = weakref.WeakKeyDictionary()
+        if self.budget is not None:
+            self.budget.attach(self._shared.runtime)
         _RUNTIMES.add(self)
 
     def _count_tid(self) -> int:
@@ -364,7 +380,11 @@ class TaskRuntime:
         g = task._greenlet
         if g is None or g.dead:
             return
-        self.running = task  # for the watchdog: who holds the loop right now
+        self.running = task  # for the watchdog and the verb gate: who holds the loop right now
+        shared = self._shared
+        entered = shared.enter(task.heap)
+        if task._js_state is not None:
+            shared.resumed(task._js_state)
         try:
             if exc is None:
                 g.switch()
@@ -376,6 +396,8 @@ class TaskRuntime:
             task.log.exception("task greenlet failed")
         finally:
             self.running = None
+            task._js_state = shared.suspended() if not g.dead else None
+            shared.leave(task.heap, entered)
 
     def _wake(self, task: Task) -> None:
         task._wake_pending = False
@@ -411,20 +433,12 @@ class TaskRuntime:
     def _run(self, task: Task) -> None:
         error: tuple[str, str] | None = None
         try:
-            ctx = quickjs.Context()
-            ctx.set_memory_limit(self.memory_limit)
-            ctx.set_max_stack_size(self.max_stack)
-            ctx.add_callable("__sw_py", _TaskGate(task, self._specs, self.budget))
-            task._ctx = ctx
+            js = task._js = self._shared.new_context(task.heap)
             if self.budget is not None:
-                task._engine_ptrs = self.budget.attach(ctx)
-                self.budget.start_segment(task._engine_ptrs)
-            _prelude().run(ctx)  # compiled once per process (engine.Bytecode)
-            ctx.eval(task.app.files[MAIN].code)
-            if task.param is None:
-                ctx.eval(f"__sw_enter({json.dumps(task.entry)})")
-            else:
-                ctx.eval(f"__sw_enter({json.dumps(task.entry)}, {json.dumps(json.dumps(task.param))})")
+                self.budget.start_segment(js.pointers)
+            js.run(_prelude().data)  # compiled once per process (engine.Bytecode)
+            js.run(self._main_code(task.app))
+            js.enter(task.entry, None if task.param is None else json.dumps(task.param))
         except quickjs.JSException as e:
             if task.cpu_exceeded:
                 where, stack = self._describe(task, str(e))
@@ -450,7 +464,11 @@ class TaskRuntime:
         if task._timer is not None:
             task._timer.cancel()
             task._timer = None
-        task._ctx = None  # the JS frames are gone: drop the context (and its callables)
+        if task._js is not None:  # the JS frames are gone: drop the context
+            task._js.free()
+            task._js = None
+            if task.cpu_exceeded or (error is not None and "out of memory" in error[0]):
+                self._shared.reclaim()  # a bomb or a runaway: its heap goes back at once
         if error is not None:
             task.error = error[0]
             task.log.error("%s%s", error[0], "\n" + error[1] if error[1] else "")
@@ -472,13 +490,33 @@ class TaskRuntime:
             except Exception:
                 task.log.exception("on_ended failed")
 
+    def _main_code(self, app: JsApp) -> bytes:
+        """The app version's main.js as bytecode, compiled for its first task only (a
+        syntax error raises ``quickjs.JSException`` naming the line, for every task)."""
+        codes = self._code.setdefault(app, {})
+        code = codes.get(MAIN)
+        if code is None:
+            code = codes[MAIN] = compile_app_script(self._shared, app.files[MAIN].code)
+        return code
+
+    def _module_code(self, app: JsApp, path: str) -> bytes | None:
+        """A library's bytecode (None if it does not compile), per app version and path."""
+        codes = self._code.setdefault(app, {})
+        if path not in codes:
+            try:
+                codes[path] = compile_app_script(self._shared, app.files[path].code)
+            except quickjs.JSException:
+                codes[path] = None
+        return codes[path]
+
     def _describe(self, task: Task, text: str) -> tuple[str, str]:
         """JSException text -> ('file:line: message', mapped stack)."""
         text = task.app.map_text(text)
         lines = text.rstrip("\n").split("\n")
         i = next((k for k, ln in enumerate(lines) if ln.startswith(" ") and ln.lstrip().startswith("at ")), len(lines))
         head = lines[:i]
-        frames = [ln for ln in lines[i:] if "<runtime>" not in ln and ln.strip()]
+        # our own frames: the prelude's lines (<runtime>) and its bytecode (<null>)
+        frames = [ln for ln in lines[i:] if "<runtime>" not in ln and "<null>" not in ln and ln.strip()]
         n = len(head)
         if n and n % 2 == 0 and head[: n // 2] == head[n // 2 :]:
             head = head[: n // 2]  # the binding prints String(e) and then e.stack, which repeats it
@@ -496,6 +534,8 @@ class TaskRuntime:
                 break
         return f"{where}: {message}", "\n".join(frames)
 
+
+_PLAIN = frozenset((type(None), bool, int, float, str))  # verb results that need no waiting
 _PRELUDE_CODE: list[Bytecode] = []
 
 
@@ -517,38 +557,41 @@ class _VerbSpec:
         self.prefix = "" if name.startswith("$") else f"{name}: "
 
 
-class _TaskGate:
-    """The one Python callable a task's context has: ``gate(verb, *args)``.
+class _Gate:
+    """The one Python callable behind every task's verbs: ``gate(verb, *args)``.
 
-    One object per task with two slots, not one closure per verb: closures cost a
-    function, a tuple and a cell per captured name (~190 GC-tracked objects per idle
-    task), and 20 bound objects still cost 20; every tracked object is walked by each
-    full collection, which stalls RTP (measured: 42 ms pauses at 2000 tasks)."""
+    One for the whole runtime: every task context holds the same JS function object
+    (heap.py says why), and the task calling it is the one running (``running``). No
+    closure or bound object per task: every GC-tracked object is walked by each full
+    collection, which stalls RTP (measured: 42 ms pauses at 2000 tasks)."""
 
-    __slots__ = ("task", "specs", "budget")
+    __slots__ = ("runtime",)
 
-    def __init__(self, task: Task, specs: dict[str, _VerbSpec], budget: CpuBudget | None) -> None:
-        self.task = task
-        self.specs = specs
-        self.budget = budget
+    def __init__(self, runtime: TaskRuntime) -> None:
+        self.runtime = runtime
 
     def __call__(self, name: str, *args: Any) -> Any:
-        task = self.task
+        rt = self.runtime
+        task = rt.running
+        if task is None:
+            return "einternal error (a verb called with no task running)"
         if task._terminating or task.cpu_exceeded:
             return "x"
-        if self.budget is not None:
-            self.budget.pause()  # Python time (and waiting) is not the script's
+        budget = rt.budget
+        if budget is not None:
+            budget.pause()  # Python time (and waiting) is not the script's
         try:
-            return self._call(task, name, args)
+            return self._call(task, rt._specs, name, args)
         finally:
             # Back into JS: a new segment of the task's CPU budget (a verb is a yield point).
-            if self.budget is not None and not task.cpu_exceeded:
-                self.budget.start_segment(task._engine_ptrs)
+            if budget is not None and not task.cpu_exceeded and task._js is not None:
+                budget.start_segment(task._js.pointers)
 
-    def _call(self, task: Task, name: str, args: tuple[Any, ...]) -> Any:
+    @staticmethod
+    def _call(task: Task, specs: dict[str, _VerbSpec], name: str, args: tuple[Any, ...]) -> Any:
         # Never raise: a Python exception reaches JS as an anonymous InternalError and,
         # if JS catches it, breaks the next eval (DESIGN §4). See prelude.py for the tags.
-        spec = self.specs.get(name)
+        spec = specs.get(name)
         if spec is None:
             return f"einternal error (no verb {name!r})"
         try:
@@ -556,7 +599,7 @@ class _TaskGate:
                 args = tuple(json.loads(a) if i in spec.json_args and a is not None else a
                              for i, a in enumerate(args))
             result = spec.impl(task, *args)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN and inspect.isawaitable(result):  # the type test is cheaper
                 result = task.wait(result)
             t = type(result)
             if result is None or t is bool or t is int or t is float:
@@ -587,8 +630,15 @@ def _resolve(task: Task, from_path: str, spec: str) -> str:
     return task.app.resolve(from_path, spec)
 
 
-def _source(task: Task, path: str) -> str:
-    return task.app.files[path].code
+def _load_module(task: Task, path: str) -> str | None:
+    """``require``: put the module's function in ``__sw_module`` (from its bytecode,
+    compiled for the app version's first task), or return its source when it does not
+    compile (the prelude then evals it, and the engine throws the SyntaxError there)."""
+    code = task.runtime._module_code(task.app, path)
+    if code is None or task._js is None:
+        return task.app.files[path].code
+    task._js.run(code, keep=b"__sw_module")
+    return None
 
 
 @atexit.register

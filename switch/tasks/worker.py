@@ -35,6 +35,7 @@ from .app import JsApp
 from .boundary import BridgingTask, CallControl, CallError
 from .engine import BindingMismatch, check_binding
 from .events import Event
+from .heap import SharedRuntime
 from .runtime import MiB, TaskRuntime
 from .wire import Message, MessageLink
 
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format)
     try:
         check_binding()  # the CPU budget and the bytecode prelude rely on its layout
+        SharedRuntime(lambda *args: None, 0, MiB)  # and the shared runtime on the engine's
     except BindingMismatch as exc:
         log.critical("js worker %d cannot run: %s", args.index, exc)
         return 78  # EX_CONFIG

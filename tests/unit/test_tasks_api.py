@@ -60,6 +60,7 @@ def test_adding_a_verb_is_one_table_entry(monkeypatch: pytest.MonkeyPatch, caplo
     monkeypatch.setattr(api, "VERBS", api.VERBS + [extra])
     importlib.reload(prelude)
     monkeypatch.setattr(runtime, "PRELUDE", prelude.PRELUDE)
+    monkeypatch.setattr(runtime, "_PRELUDE_CODE", [])  # compiled once per process: not the new one yet
     caplog.set_level(logging.INFO, logger="switch.tasks")
     try:
         app = JsApp.from_sources(
