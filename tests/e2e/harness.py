@@ -787,6 +787,12 @@ def wav_duration(path: Path | str) -> float:
         return w.getnframes() / float(w.getframerate())
 
 
+def tone_dbfs(level: float = 0.3) -> float:
+    """The level of what ``write_tone_wav(level=...)`` writes, in dBFS (a sine's RMS is
+    its peak over sqrt 2): -13.5 for the default 0.3."""
+    return float(20 * np.log10(level / np.sqrt(2)))
+
+
 def write_tone_wav(path: Path | str, seconds: float, freq: float = 440.0, level: float = 0.3,
                    rate: int = 8000) -> Path:  # fmt: skip
     t = np.arange(int(seconds * rate)) / rate

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from .harness import (
@@ -21,6 +20,7 @@ from .harness import (
     start_uas,
     stop_clean,
     tone,
+    tone_dbfs,
     voiced_audio,
     write_tone_wav,
 )
@@ -28,7 +28,7 @@ from .phone import Phone
 
 pytestmark = pytest.mark.e2e
 
-PHONE_TONE_DBFS = 20 * np.log10(0.3 / np.sqrt(2))  # write_tone_wav(level=0.3): about -13.5
+PHONE_TONE_DBFS = tone_dbfs()  # what write_tone_wav writes: about -13.5
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from .certs import Pki, tls_args, tls_port
@@ -39,6 +38,7 @@ from .harness import (
     start_bridge_switch,
     stop_clean,
     tone,
+    tone_dbfs,
     voiced_audio,
     write_tone_wav,
 )
@@ -47,7 +47,7 @@ from .test_metrics import metric, scrape
 
 pytestmark = pytest.mark.e2e
 
-TONE_DBFS = 20 * np.log10(0.3 / np.sqrt(2))  # write_tone_wav(level=0.3): about -13.5
+TONE_DBFS = tone_dbfs()  # what write_tone_wav writes: about -13.5
 
 
 # pjsip logs each message it sends or receives with its transport, e.g.
