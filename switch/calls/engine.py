@@ -46,7 +46,7 @@ from media.session import MediaSession
 from ..sip.dns_records import DnsRecords
 from ..sip.events import AckReceived, AckTimedOut, RequestReceived, ResponseReceived, SipEvent, TransactionTimedOut
 from ..sip.locator import dns_lookup, locate
-from ..sip.message import SipRequest, make_response
+from ..sip.message import SipRequest, SipResponse, make_response
 from ..sip.resolver import ResolveError, Resolver
 from ..sip.transaction import ClientTransaction, InviteServerTransaction, ServerTransaction
 from ..sip.transport import SipTransport
@@ -116,6 +116,7 @@ class CallEngine:
         self.failover_timeout = failover_timeout
         # INVITEs to a server with another behind it, until their first response (§4.3).
         self._silent: dict[ClientTransaction, asyncio.TimerHandle] = {}
+        self._abandoned: set[ClientTransaction] = set()  # INVITEs to servers failed over from
         # In-dialog requests held until their next hop's name is resolved, by leg, in order.
         self._held: dict[Leg, deque[Send | SendStateless]] = {}
         self._lookups: set[asyncio.Task[None]] = set()
@@ -216,6 +217,7 @@ class CallEngine:
             del self._dialogs[leg.dialog.id]
         for txn in self._txns_of.pop(leg, ()):
             self._client.pop(txn, None)
+            self._abandoned.discard(txn)
             self._heard_from(txn)
 
     def call_closed(self, call: Call) -> None:
@@ -282,7 +284,7 @@ class CallEngine:
             return
         leg, method = entry
         self.sip.layer.abandon(txn)
-        self._untrack(txn, leg)
+        self._abandoned.add(txn)  # still ours: a late answer from that server is refused
         leg.log.warning("%s %s: no response from %s:%d within %g s", leg.kind, leg.call_id, *txn.addr,
                         self.failover_timeout)
         leg.on_timeout(method, self.loop.time())
@@ -341,6 +343,9 @@ class CallEngine:
                 return
             leg, method = entry
             self._heard_from(txn)
+            if txn in self._abandoned:
+                self._late_response(txn, leg, response)
+                return
             if response.status >= 200 and (method != "INVITE" or response.status >= 300):
                 self._untrack(txn, leg)  # done; a 2xx to an INVITE may be retransmitted
             leg.on_response(method, response, now)
@@ -359,7 +364,20 @@ class CallEngine:
                 inbound.on_ack_timeout(now)
                 self._pump(inbound)
 
+    def _late_response(self, txn: ClientTransaction, leg: Leg, response: SipResponse) -> None:
+        """A response from a server the leg failed over from (``_server_silent``): a 1xx
+        changes nothing; a failure was ACKed by the transaction; a 2xx made a dialog we
+        do not want, which the leg ACKs and hangs up (RFC 3261 §13.2.2.4, as for a fork)."""
+        if response.status < 200:
+            return
+        self._abandoned.discard(txn)
+        self._untrack(txn, leg)
+        if response.status < 300 and isinstance(leg, OutboundLeg):
+            leg.refuse_late_answer(response)
+            self._pump(leg)
+
     def _untrack(self, txn: ClientTransaction, leg: Leg) -> None:
+        self._abandoned.discard(txn)
         del self._client[txn]
         txns = self._txns_of.get(leg)
         if txns is not None:

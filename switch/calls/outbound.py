@@ -285,6 +285,12 @@ class OutboundLeg(Leg):
         self.log.info("outbound %s: answered by %s", self.call_id, response.headers.get("to", ["?"])[0])
         self.happenings.append(Confirmed())
 
+    def refuse_late_answer(self, response: SipResponse) -> None:
+        """A 2xx from a server this leg failed over from (RFC 3263 §4.3): too late, the
+        INVITE went on to the next server; ACKed and hung up like a fork's."""
+        if self.invite is not None:
+            self._refuse_fork(response)
+
     def _refuse_fork(self, response: SipResponse) -> None:
         """§13.2.2.4: a forking proxy let a second callee answer. We keep the first
         dialog; the second is ACKed (as the RFC requires) and then hung up with BYE."""

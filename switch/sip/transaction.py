@@ -331,6 +331,7 @@ class InviteClientTransaction(ClientTransaction):
         super().__init__(layer, key, request, addr, State.CALLING, reliable)
         self._interval = layer.t1
         self._ack: bytes | None = None
+        self.abandoned = False  # the TU failed over to another server (TransactionLayer.abandon)
         self._start_timer("A", self._interval, now)
         self._start_timer("B", 64 * layer.t1, now)
 
@@ -372,7 +373,8 @@ class InviteClientTransaction(ClientTransaction):
         elif name == "B":
             self._stop_timer("A")
             self._set_state(State.TERMINATED)
-            self.layer._events.append(TransactionTimedOut(self))
+            if not self.abandoned:  # (the TU gave up on it long ago)
+                self.layer._events.append(TransactionTimedOut(self))
         elif name in ("D", "M"):
             self._set_state(State.TERMINATED)
 
@@ -536,9 +538,15 @@ class TransactionLayer:
 
     def abandon(self, txn: ClientTransaction) -> None:
         """The TU gives up on a client transaction that got no response at all (RFC 3263
-        §4.3: it fails over to the next server before Timer B): no more retransmissions,
-        no event; a response that still comes is a stray."""
-        if txn.state in (State.CALLING, State.TRYING):
+        §4.3: it fails over to the next server before Timer B): no more retransmissions.
+        An INVITE's transaction lives on silently until Timer B, so that a server that was
+        only slow still gets what RFC 3261 owes it: a late failure is ACKed here
+        (§17.1.1.2) and a late 2xx reaches the TU, which ACKs it and hangs up (§13.2.2.4);
+        Timer B then ends it without a timeout event."""
+        if isinstance(txn, InviteClientTransaction) and txn.state is State.CALLING:
+            txn.abandoned = True
+            txn._stop_timer("A")
+        elif txn.state in (State.CALLING, State.TRYING):
             txn._set_state(State.TERMINATED)  # (its timers with it)
 
     def send_stateless(self, msg: SipRequest | SipResponse, addr: Addr) -> None:

@@ -309,17 +309,49 @@ def test_a_server_that_does_not_answer_at_all_is_given_up_after_the_failover_tim
     rig.run(asyncio.sleep(0.1))
     ((second, to),) = sent(rig)
     assert to == SECOND and second.via.branch != first.via.branch
-    assert len(rig.sip.layer._client) == 1  # the first transaction is gone: no retransmissions to a dead server
     assert rig.engine._silent == {}  # the last server keeps the whole Timer B
+    rig.sip.layer.handle_timer(rig.loop.time() + 0.6)  # past Timer A (T1 0.5 s): only the
+    rig.sip._service()  # second server's INVITE goes again; the first lingers silently
+    assert [(m.method, m.via.branch, to) for m, to in sent(rig)] == [("INVITE", second.via.branch, SECOND)]
     rig.sip.deliver(make_response(second, 100), SECOND)
     rig.sip.deliver(make_response(second, 180, to_tag="callee"), SECOND)
     assert statuses(rig.sip.take()) == [180]  # ringing reaches the caller
-    rig.sip.deliver(make_response(first, 180, to_tag="late"), FIRST)  # the abandoned server, too late: a stray
+    rig.sip.deliver(make_response(first, 180, to_tag="late"), FIRST)  # the abandoned server, too late
     assert rig.sip.take() == []
     rig.sip.deliver(make_response(second, 486, to_tag="callee"), SECOND)
     rig.controls[1].disconnect()
     assert statuses(rig.sip.take()) == ["ACK", 486]
     rig.assert_nothing_left()
+
+
+@pytest.mark.parametrize("late", [200, 503])
+def test_a_late_answer_from_a_server_given_up_on_is_acked_and_a_2xx_hung_up(
+        loop: asyncio.AbstractEventLoop, late: int) -> None:
+    """RFC 3263 §4.3 moved the INVITE on; the first server was only slow. Its failure is
+    ACKed (RFC 3261 §17.1.1.2), its 2xx ACKed and hung up (§13.2.2.4: every 2xx is ACKed),
+    and the call goes on with the second server."""
+    rig = Rig(loop)
+    srv_gateway(rig, failover_timeout=0.05)
+    egress, offer = bridge(rig, invite(), PHONE)
+    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
+    ((first, _),) = sent(rig)
+    rig.run(asyncio.sleep(0.1))
+    ((second, _),) = sent(rig)
+    rig.sip.deliver(make_response(second, 180, to_tag="callee"), SECOND)
+    assert statuses(rig.sip.take()) == [180]
+    slow = make_response(first, late, to_tag="slow")
+    slow.set("contact", f"<sip:gw@{FIRST[0]}:{FIRST[1]}>")
+    rig.sip.deliver(slow, FIRST)
+    out = sent(rig)
+    assert [(m.method, to) for m, to in out] == ([("ACK", FIRST), ("BYE", FIRST)] if late == 200 else [("ACK", FIRST)])
+    assert all(m.to_tag == "slow" and m.call_id == first.call_id for m, _ in out)
+    assert rig.sip.take() == []  # the caller hears nothing of it
+    ok = make_response(second, 200, to_tag="callee")
+    ok.set("contact", f"<sip:gw@{SECOND[0]}:{SECOND[1]}>")
+    rig.sip.deliver(ok, SECOND)
+    rig.run(asyncio.sleep(0.01))
+    assert ("ACK", SECOND) in [(getattr(m, "method", m), to) for m, to in sent(rig)]  # the second's answer is the call
+    assert rig.engine.calls and all(not leg.ended for leg in next(iter(rig.engine.calls.values())).legs)
 
 
 def test_a_server_that_answers_keeps_the_call_even_if_slowly(loop: asyncio.AbstractEventLoop) -> None:

@@ -185,6 +185,25 @@ def test_invite_client_timer_a_and_b():
     assert isinstance(ev, TransactionTimedOut) and deadline == 32.0  # Timer B = 64*T1
 
 
+def test_an_abandoned_invite_is_silent_but_still_acks_a_late_failure_and_ends_at_timer_b():
+    # RFC 3263 §4.3 failover: the TU gave up on this server at 0.3 s
+    layer = TransactionLayer()
+    req = client_invite()
+    txn = layer.send_request(req, PEER, 0.0)
+    sent(layer)
+    layer.abandon(txn)
+    layer.handle_timer(1.0)
+    assert sent(layer) == [] and events(layer) == []  # Timer A no longer retransmits
+    late = make_response(req, 486, to_tag="slow")
+    layer.receive(parse_message(bytes(late)), PEER, 2.0)
+    assert [m.method for m in sent(layer)] == ["ACK"]  # §17.1.1.2, to stop its retransmissions
+    assert [e.response.status for e in events(layer)] == [486]  # the TU knows it gave this one up
+    other = layer.send_request(client_invite(), PEER, 3.0)
+    layer.abandon(other)
+    layer.handle_timer(3.0 + 32.0)
+    assert other.terminated and events(layer) == []  # Timer B ends it without a timeout event
+
+
 def test_invite_client_failure_acks_with_same_branch():
     layer = TransactionLayer()
     req = client_invite()
