@@ -84,6 +84,16 @@ class _SipStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.addr = transport.get_extra_info("peername")[:2]
+        owner = self.owner
+        inbound = self.tls is None or self.tls.server_side  # (we open TLS connections only)
+        if inbound and owner.admit is not None and not owner.admit(self.addr[0], owner.loop.time()):
+            # A new connection counts as a request with the flood guard: one that opens
+            # connections (each a socket, a TLS one a handshake of our CPU and a socket
+            # held up to HANDSHAKE_TIMEOUT) is throttled like one that floods requests.
+            owner.flood_dropped += 1
+            self.transport = None
+            transport.close()
+            return
         if self.tls is None:
             self.owner.streams[self.addr] = self
             self.ready.set_result(None)

@@ -275,3 +275,30 @@ def test_a_client_that_never_completes_its_handshake_is_dropped(
         server.close()
 
     loop.run_until_complete(run())
+
+
+def test_a_source_opening_connections_faster_than_the_flood_guard_allows_is_cut_off(
+        loop: asyncio.AbstractEventLoop, pki: Pki) -> None:
+    """Each new connection counts with the flood guard as a request does: past its density
+    the source's connections are closed on arrival (no handshake, no socket held)."""
+    from switch.security.ratelimit import FloodGuard
+
+    async def run() -> None:
+        guard = FloodGuard(window=10.0, density=3, block_seconds=60.0)
+        server = SipTransport(loop, admit=guard.allow)
+        await server.listen_tls("127.0.0.1", 0, server_context(str(pki.cert), str(pki.key)))
+        assert server.tls_addr is not None
+        opened = [await asyncio.open_connection(*server.tls_addr) for _ in range(6)]
+        closed = []
+        for reader, _ in opened:  # the ones cut off read EOF at once; the others wait for a ClientHello
+            try:
+                closed.append(await asyncio.wait_for(reader.read(), 0.3) == b"")
+            except TimeoutError:
+                closed.append(False)
+        assert closed == [False, False, False, True, True, True]
+        assert server.flood_dropped == 3 and guard.blocked("127.0.0.1", loop.time())
+        for _, writer in opened:
+            writer.close()
+        server.close()
+
+    loop.run_until_complete(run())
