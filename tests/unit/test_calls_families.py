@@ -299,8 +299,10 @@ def test_an_invite_answered_503_goes_to_the_next_srv_server_as_a_new_transaction
     rig.assert_nothing_left()
 
 
-def test_a_server_that_does_not_answer_at_all_is_given_up_after_the_failover_timeout(
-        loop: asyncio.AbstractEventLoop) -> None:
+def failed_over_from_a_silent_server(loop: asyncio.AbstractEventLoop) -> tuple[Rig, Any, Any, tuple[str, int]]:
+    """A bridged call to sip:gw.test whose first SRV server never answered: after the
+    0.05 s failover timeout its INVITE went to the second. (rig, first INVITE, second
+    INVITE, where the second went)."""
     rig = Rig(loop)
     srv_gateway(rig, failover_timeout=0.05)
     egress, offer = bridge(rig, invite(), PHONE)
@@ -308,6 +310,12 @@ def test_a_server_that_does_not_answer_at_all_is_given_up_after_the_failover_tim
     ((first, _),) = sent(rig)
     rig.run(asyncio.sleep(0.1))
     ((second, to),) = sent(rig)
+    return rig, first, second, to
+
+
+def test_a_server_that_does_not_answer_at_all_is_given_up_after_the_failover_timeout(
+        loop: asyncio.AbstractEventLoop) -> None:
+    rig, first, second, to = failed_over_from_a_silent_server(loop)
     assert to == SECOND and second.via.branch != first.via.branch
     assert rig.engine._silent == {}  # the last server keeps the whole Timer B
     rig.sip.layer.handle_timer(rig.loop.time() + 0.6)  # past Timer A (T1 0.5 s): only the
@@ -330,13 +338,7 @@ def test_a_late_answer_from_a_server_given_up_on_is_acked_and_a_2xx_hung_up(
     """RFC 3263 §4.3 moved the INVITE on; the first server was only slow. Its failure is
     ACKed (RFC 3261 §17.1.1.2), its 2xx ACKed and hung up (§13.2.2.4: every 2xx is ACKed),
     and the call goes on with the second server."""
-    rig = Rig(loop)
-    srv_gateway(rig, failover_timeout=0.05)
-    egress, offer = bridge(rig, invite(), PHONE)
-    rig.run(rig.board.start_bridged_call(egress, "1000", offer))
-    ((first, _),) = sent(rig)
-    rig.run(asyncio.sleep(0.1))
-    ((second, _),) = sent(rig)
+    rig, first, second, _ = failed_over_from_a_silent_server(loop)
     rig.sip.deliver(make_response(second, 180, to_tag="callee"), SECOND)
     assert statuses(rig.sip.take()) == [180]
     slow = make_response(first, late, to_tag="slow")

@@ -58,7 +58,12 @@ def fake_switch(tmp_path: Path, *, single_app: bool = False) -> Any:
 
 
 async def with_api(tmp_path: Path, fn: Any, *, token: str = "", single_app: bool = False) -> None:
-    sw = fake_switch(tmp_path, single_app=single_app)
+    await serve_api(fake_switch(tmp_path, single_app=single_app), fn, token=token)
+
+
+async def serve_api(sw: Any, fn: Any, *, token: str = "") -> None:
+    """The control API of ``sw`` on a free loopback port while ``await fn(http)`` runs
+    (``http``: an aiohttp session for that port)."""
     api = ControlApi(sw, "127.0.0.1", 0, token=token)
     await api._runner.setup()
     site = aiohttp.web.TCPSite(api._runner, "127.0.0.1", 0)

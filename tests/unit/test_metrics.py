@@ -17,7 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from media.clock import MediaClock
 from media.ports import RtpPortPool
 from switch.calls.call import AppInfo, Call, TaskSink
-from switch.control.api import ControlApi
 from switch.apps.store import AppStore, DeployError
 from switch.metrics import NO_APP, Buckets, SendLateness, SwitchMetrics
 from switch.sip.counts import SipCounts
@@ -26,6 +25,7 @@ from switch.tasks.app import JsApp
 from switch.tasks.pool import WorkerPool, task_outcome
 
 from test_apps_store import FakeFetch, reject
+from test_control_api import serve_api
 from test_calls_engine import PHONE, FakeMedia, Rig, answered_call, bridge, callee_reply, from_caller, invite
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "control-api.md"
@@ -312,29 +312,20 @@ def test_app_installs_and_the_live_versions(loop: asyncio.AbstractEventLoop, tmp
 
 
 def test_the_endpoint_serves_both_formats_behind_the_token(rig: MetricsRig) -> None:
-    async def check() -> None:
-        api = ControlApi(rig.switch, "127.0.0.1", 0, token="s3cret")  # type: ignore[arg-type]
-        rig.switch.metrics = rig.metrics  # type: ignore[attr-defined]
-        await api._runner.setup()
-        site = aiohttp.web.TCPSite(api._runner, "127.0.0.1", 0)
-        await site.start()
-        port = api._runner.addresses[0][1]
-        try:
-            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-                r = await http.get("/metrics")
-                assert r.status == 401
-                auth = {"Authorization": "Bearer s3cret"}
-                r = await http.get("/metrics", headers=auth)
-                assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
-                assert value(parse(await r.text()), "softswitch_calls_started_total") == 0
-                r = await http.get("/metrics", headers={**auth, "Accept": "application/openmetrics-text"})
-                assert r.headers["Content-Type"].startswith("application/openmetrics-text")
-                assert (await r.text()).endswith("# EOF\n")
-        finally:
-            await api.stop()
+    async def check(http: aiohttp.ClientSession) -> None:
+        r = await http.get("/metrics")
+        assert r.status == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        r = await http.get("/metrics", headers=auth)
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        assert value(parse(await r.text()), "softswitch_calls_started_total") == 0
+        r = await http.get("/metrics", headers={**auth, "Accept": "application/openmetrics-text"})
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert (await r.text()).endswith("# EOF\n")
 
+    rig.switch.metrics = rig.metrics  # type: ignore[attr-defined]
     rig.real_time()
-    rig.run(check())
+    rig.run(serve_api(rig.switch, check, token="s3cret"))
 
 
 def test_every_metric_is_documented(rig: MetricsRig) -> None:
