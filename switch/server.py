@@ -110,8 +110,7 @@ class Switch:
         self.tasks = WorkerPool(loop, cfg.js_workers or default_worker_count(), memory_mb=cfg.task_memory_mb,
                                 cpu_seconds=cfg.task_cpu_seconds, stall_timeout=cfg.watchdog_s or 10.0,
                                 log_level=cfg.log_level, log_format=cfg.log_format)
-        self.lag = LoopLagMonitor(loop)
-        self.lag.start()
+        self.lag = LoopLagMonitor(loop)  # started once start-up's own stalls are over (below)
         self.admission = Admission(self.lag, cfg.max_calls,
                                    rtp_ports_free=lambda: self.ports.capacity - self.ports.in_use,
                                    tasks_available=lambda: self.tasks.available)
@@ -155,6 +154,10 @@ class Switch:
         gc.freeze()
         watch_gc_pauses()
         cfg.data_path.mkdir(parents=True, exist_ok=True)
+        # The loop-lag probe from here: start-up's stalls (compiling apps, spawning the
+        # workers, the full collection just above) are not load, and measured as lag they
+        # made the median shed the first calls with 503 "overloaded (20 ms for 2 s)".
+        self.lag.start()
         # SIP last: no INVITE may arrive before the engine and the apps are ready.
         await self.sip.listen(host, port)
         tls_server, self.sip.client_tls = cfg.tls_contexts()  # (checked at load: the files may have changed)

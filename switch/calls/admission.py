@@ -40,9 +40,12 @@ class LoopLagMonitor:
     @property
     def sustained(self) -> float:
         """Median lateness over the last ~2 s: high only when the loop is saturated,
-        not after one GC pause."""
+        not after one GC pause. 0 until the probe has run for half that window: the
+        median of a handful of samples is one stall, not saturation."""
+        if len(self.recent) < (self.recent.maxlen or 1) // 2:
+            return 0.0
         samples = sorted(self.recent)
-        return samples[len(samples) // 2] if samples else 0.0
+        return samples[len(samples) // 2]
 
     def _probe(self) -> None:
         now = self.loop.time()

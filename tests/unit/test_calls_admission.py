@@ -31,3 +31,19 @@ def test_refusals_are_counted():
     a.note_refusal(Shed("x", "x"))
     a.note_refusal(Shed("x", "x"))
     assert a.refused == 2
+
+
+def test_the_sustained_lag_is_a_median_over_a_second_at_least():
+    """A few late probes right after start (one stall) are not saturation; half of 20 are."""
+    import asyncio
+
+    from switch.calls.admission import LoopLagMonitor
+
+    monitor = LoopLagMonitor(asyncio.new_event_loop())  # (never started: probes fed by hand)
+    monitor.recent.extend([0.05] * 5)
+    assert monitor.sustained == 0.0  # 5 probes, 0.25 s: too few to call it sustained
+    monitor.recent.extend([0.05] * 5 + [0.001] * 10)
+    assert monitor.sustained == 0.05  # 20 probes (1 s), half of them late: the median counts
+    monitor.recent.extend([0.001] * 20)
+    assert monitor.sustained == 0.001
+    monitor.loop.close()
