@@ -29,6 +29,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from .expiring import remember
 from .uri import split_hostport
 
 logger = logging.getLogger(__name__)
@@ -154,15 +155,7 @@ class DnsRecords:
         return entry
 
     def _remember(self, key: tuple[str, str], entry: _Cached) -> None:
-        cache = self._cache
-        cache.pop(key, None)
-        if len(cache) >= self.max_entries:
-            now = self._clock()
-            for old in [k for k, e in cache.items() if e.expires <= now]:
-                del cache[old]
-            while len(cache) >= self.max_entries:
-                del cache[next(iter(cache))]
-        cache[key] = entry
+        remember(self._cache, key, entry, self.max_entries, self._clock())
 
     def _dns(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:

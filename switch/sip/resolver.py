@@ -35,6 +35,7 @@ import socket
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
+from .expiring import remember
 from .uri import host_address
 
 logger = logging.getLogger(__name__)
@@ -190,15 +191,7 @@ class Resolver:
         return answer
 
     def _remember(self, host: str, answer: _Answer) -> None:
-        answers = self._answers
-        answers.pop(host, None)
-        if len(answers) >= self.max_entries:
-            now = self._clock()
-            for name in [name for name, old in answers.items() if old.expires <= now]:
-                del answers[name]
-            while len(answers) >= self.max_entries:
-                del answers[next(iter(answers))]  # the oldest answer
-        answers[host] = answer
+        remember(self._answers, host, answer, self.max_entries, self._clock())
 
     def _pick(self, host: str, addresses: Collection[tuple[int, str]]) -> str:
         served = self.families()
