@@ -67,6 +67,26 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     return sum(own_rss_kib(p, field) for p in [pid, *children(pid)])
 
 
+def own_pss_kib(pid: int) -> int:
+    """Proportional set size: the process's private pages plus its share of the pages it
+    shares (the interpreter's and the libraries' code, mapped by the switch and every
+    worker). A sum of RSS counts each shared page once per process that maps it; a sum of
+    PSS counts it once in all, which is what the group really takes from the host."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """PSS of the switch plus its JS workers (see own_pss_kib)."""
+    return sum(own_pss_kib(p) for p in [pid, *children(pid)])
+
+
 @dataclass
 class LoadResult:
     successful: int

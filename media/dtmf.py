@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,9 +56,13 @@ class DtmfReceiver:
 
     _REMEMBER = 16  # recently reported timestamps, against late/reordered end packets
 
+    __slots__ = ("_pending", "_reported")
+
     def __init__(self) -> None:
         self._pending: tuple[int, str] | None = None  # (timestamp, digit) not yet reported
-        self._reported: deque[int] = deque(maxlen=self._REMEMBER)
+        # A tuple, not a deque(maxlen=16): every leg has a receiver and most never see a
+        # digit; an empty deque is ~760 bytes, the empty tuple is shared.
+        self._reported: tuple[int, ...] = ()
 
     def feed(self, timestamp: int, payload: bytes) -> list[str]:
         """Feed one telephone-event packet; returns the digits it completes (0, 1 or 2)."""
@@ -87,7 +90,7 @@ class DtmfReceiver:
 
     def _report(self, timestamp: int, digit: str) -> str:
         self._pending = None
-        self._reported.append(timestamp)
+        self._reported = (*self._reported[1 - self._REMEMBER:], timestamp)
         return digit
 
 

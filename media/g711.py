@@ -9,10 +9,12 @@ pcm_alaw exactly; encoding follows the ITU reference (truncate within a segment)
 FFmpeg rounds to the nearest code, so the two differ by one code step on ~1.5% of inputs
 (a unit test checks both facts).
 
-Bulk encode/decode uses numpy when it is importable (it is not a hard dependency of the
-switch) and falls back to ``bytes(map(table.__getitem__, ...))``, processed in chunks so
-a long file decoded in an executor thread does not hold the GIL (and starve the event
-loop) for one long C call.
+Bulk encode/decode (a PlayFile source, once per file version, in the decoding thread) is
+``bytes(map(table.__getitem__, ...))`` in chunks, so a long file does not hold the GIL
+(and starve the event loop) for one long C call: ~5.5 ms to encode 10 s of audio, ~2.3
+ms to decode it. numpy did it ~20x faster, but importing it (with its BLAS and that
+library's threads) cost the switch ~15 MiB of RSS for a conversion done once per file;
+the switch does not import it (issue 7 point 4: 1000 held calls in 200 MB).
 """
 
 from __future__ import annotations
@@ -21,13 +23,6 @@ import array
 import logging
 import math
 import sys
-from typing import Any
-
-_np: Any
-try:  # optional fast path
-    import numpy as _np
-except ImportError:  # pragma: no cover - exercised only without numpy
-    _np = None
 
 logger = logging.getLogger(__name__)
 
@@ -120,23 +115,14 @@ ALAW_TO_ULAW: bytes = bytes(_LIN_TO_ULAW[v & 0xFFFF] for v in ALAW_TO_LINEAR)
 _ULAW_DEC_BYTES = [v.to_bytes(2, "little", signed=True) for v in ULAW_TO_LINEAR]
 _ALAW_DEC_BYTES = [v.to_bytes(2, "little", signed=True) for v in ALAW_TO_LINEAR]
 
-if _np is not None:
-    _NP_LIN_TO_ULAW = _np.frombuffer(_LIN_TO_ULAW, dtype=_np.uint8)
-    _NP_LIN_TO_ALAW = _np.frombuffer(_LIN_TO_ALAW, dtype=_np.uint8)
-    _NP_ULAW_DEC = _np.array(ULAW_TO_LINEAR, dtype="<i2")
-    _NP_ALAW_DEC = _np.array(ALAW_TO_LINEAR, dtype="<i2")
-
 
 def _check_pcm(pcm: bytes) -> None:
     if len(pcm) % 2:
         raise ValueError(f"PCM s16 buffer has odd length {len(pcm)}")
 
 
-def _encode(pcm: bytes, table: bytes, np_table: object, use_numpy: bool) -> bytes:
+def _encode(pcm: bytes, table: bytes) -> bytes:
     _check_pcm(pcm)
-    if use_numpy and _np is not None:
-        idx = _np.frombuffer(pcm, dtype="<u2")
-        return bytes(np_table[idx])  # type: ignore[index]
     samples = array.array("H")
     samples.frombytes(pcm)
     if sys.byteorder == "big":  # pragma: no cover
@@ -147,33 +133,31 @@ def _encode(pcm: bytes, table: bytes, np_table: object, use_numpy: bool) -> byte
     )
 
 
-def _decode(data: bytes, table: list[bytes], np_table: object, use_numpy: bool) -> bytes:
-    if use_numpy and _np is not None:
-        return bytes(np_table[_np.frombuffer(data, dtype=_np.uint8)])  # type: ignore[index]
+def _decode(data: bytes, table: list[bytes]) -> bytes:
     get = table.__getitem__
     return b"".join(
         b"".join(map(get, data[i : i + _CHUNK])) for i in range(0, len(data), _CHUNK)
     )
 
 
-def pcm_to_ulaw(pcm: bytes, *, use_numpy: bool = True) -> bytes:
+def pcm_to_ulaw(pcm: bytes) -> bytes:
     """Signed 16-bit little-endian PCM -> μ-law bytes (one byte per sample)."""
-    return _encode(pcm, _LIN_TO_ULAW, _NP_LIN_TO_ULAW if _np is not None else None, use_numpy)
+    return _encode(pcm, _LIN_TO_ULAW)
 
 
-def pcm_to_alaw(pcm: bytes, *, use_numpy: bool = True) -> bytes:
+def pcm_to_alaw(pcm: bytes) -> bytes:
     """Signed 16-bit little-endian PCM -> A-law bytes (one byte per sample)."""
-    return _encode(pcm, _LIN_TO_ALAW, _NP_LIN_TO_ALAW if _np is not None else None, use_numpy)
+    return _encode(pcm, _LIN_TO_ALAW)
 
 
-def ulaw_to_pcm(data: bytes, *, use_numpy: bool = True) -> bytes:
+def ulaw_to_pcm(data: bytes) -> bytes:
     """μ-law bytes -> signed 16-bit little-endian PCM."""
-    return _decode(data, _ULAW_DEC_BYTES, _NP_ULAW_DEC if _np is not None else None, use_numpy)
+    return _decode(data, _ULAW_DEC_BYTES)
 
 
-def alaw_to_pcm(data: bytes, *, use_numpy: bool = True) -> bytes:
+def alaw_to_pcm(data: bytes) -> bytes:
     """A-law bytes -> signed 16-bit little-endian PCM."""
-    return _decode(data, _ALAW_DEC_BYTES, _NP_ALAW_DEC if _np is not None else None, use_numpy)
+    return _decode(data, _ALAW_DEC_BYTES)
 
 
 def ulaw_to_alaw(data: bytes) -> bytes:
@@ -216,15 +200,11 @@ def level_dbfs(pcm: bytes) -> float:
     n = len(pcm) // 2
     if n == 0:
         return -math.inf
-    if _np is not None:
-        s = _np.frombuffer(pcm, dtype="<i2").astype(_np.float64)
-        mean_sq = float(_np.dot(s, s)) / n
-    else:  # pragma: no cover
-        a = array.array("h")
-        a.frombytes(pcm)
-        if sys.byteorder == "big":
-            a.byteswap()
-        mean_sq = math.fsum(x * x for x in a) / n
+    a = array.array("h")
+    a.frombytes(pcm)
+    if sys.byteorder == "big":  # pragma: no cover
+        a.byteswap()
+    mean_sq = math.fsum(x * x for x in a) / n
     if mean_sq == 0.0:
         return -math.inf
     return 10.0 * math.log10(mean_sq / (32768.0 * 32768.0))

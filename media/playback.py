@@ -1,7 +1,16 @@
-"""Decoded-once audio for PlayFile: fetch, decode (PyAV) and G.711-encode in an executor.
+"""Decoded-once audio for PlayFile: fetch, decode and G.711-encode in an executor.
 
 Sending a playback is then slicing bytes on the media clock. Everything slow (disk and
 HTTP reads, decoding, resampling, encoding) runs in the executor, never on the loop.
+
+Decoders: a WAV that already is what we send from (PCM, 16-bit, mono, 8 kHz: the
+telephony norm for prompts, and what the bundled greeting is) is read with the stdlib's
+``wave``; anything else (other rates or widths, stereo, mp3, ogg, ...) goes to FFmpeg
+through PyAV, imported at the first such file. Why not PyAV for everything: importing it
+maps FFmpeg's libraries, ~12 MiB of the switch's RSS (issue 7 point 4 measured the switch's
+memory per held call against a 200 MB budget for 1000 calls), for a format the stdlib reads
+in one call. The import happens once, in the decoding thread; it holds the GIL for a few
+tens of ms then (measured in bench/README.md), which the loop sees as one late tick.
 """
 
 from __future__ import annotations
@@ -17,10 +26,9 @@ import pathlib
 import urllib.error
 import urllib.parse
 import urllib.request
+import wave
 from collections import OrderedDict
 from dataclasses import dataclass
-
-import av
 
 from media import g711
 
@@ -73,6 +81,39 @@ class _Source:
 
 def decode_bytes(source: str | io.BytesIO, label: str) -> DecodedAudio:
     """Decode any FFmpeg-readable audio to s16 mono 8 kHz (blocking: run in an executor)."""
+    pcm = _read_plain_wav(source, label)
+    if pcm is None:
+        pcm = _decode_ffmpeg(source, label)
+    if not pcm:
+        raise MediaError(f"PlayFile: cannot decode {label!r}: no audio samples in it")
+    return DecodedAudio.from_pcm(pcm)
+
+
+def _read_plain_wav(source: str | io.BytesIO, label: str) -> bytes | None:
+    """The samples of a PCM s16 mono 8 kHz WAV; None for anything else (FFmpeg's job,
+    including a WAV the stdlib refuses or whose data chunk reads empty: a streamed WAV may
+    give its data size as 0, and FFmpeg reads such files to their end)."""
+    try:
+        with wave.open(source, "rb") as wav:
+            if (wav.getcomptype(), wav.getsampwidth(), wav.getnchannels(), wav.getframerate()) != (
+                    "NONE", 2, 1, SAMPLE_RATE):
+                return None
+            if wav.getnframes() > MAX_DURATION * SAMPLE_RATE:
+                raise MediaError(f"PlayFile: cannot decode {label!r}: longer than {MAX_DURATION:.0f} s")
+            pcm = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError, OSError, ValueError):
+        pcm = b""
+    finally:
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+    if len(pcm) % 2:  # a truncated last sample
+        pcm = pcm[:-1]
+    return pcm or None
+
+
+def _decode_ffmpeg(source: str | io.BytesIO, label: str) -> bytes:
+    import av  # see the module doc: loaded at the first file that is not a plain WAV
+
     chunks: list[bytes] = []
     samples = 0
     try:
@@ -95,16 +136,12 @@ def decode_bytes(source: str | io.BytesIO, label: str) -> DecodedAudio:
     except MediaError:
         raise
     except (av.FFmpegError, ValueError, OSError) as exc:
-        raise MediaError(f"PlayFile: cannot decode {label!r}: {_reason(exc)}") from exc
-    pcm = b"".join(chunks)
-    if not pcm:
-        raise MediaError(f"PlayFile: cannot decode {label!r}: no audio samples in it")
-    return DecodedAudio.from_pcm(pcm)
+        strerror = getattr(exc, "strerror", None) if isinstance(exc, av.FFmpegError) else None
+        raise MediaError(f"PlayFile: cannot decode {label!r}: {strerror or _reason(exc)}") from exc
+    return b"".join(chunks)
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, av.FFmpegError) and getattr(exc, "strerror", None):
-        return str(exc.strerror)
     return str(exc) or type(exc).__name__
 
 

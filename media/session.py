@@ -239,6 +239,20 @@ class MediaSession:
     changes the SDP address drops the latch.
     """
 
+    # Slots: a leg's session has ~55 fields, past the 30 a shared-key instance dict holds,
+    # so without them each session carried a full dict (~1.5 KB per leg).
+    __slots__ = (
+        "_can_send", "_clock", "_cn_pt", "_codec", "_dtmf", "_filling", "_keepalive",
+        "_keepalive_mode", "_last_relayed", "_last_send", "_latched", "_latched_rx",
+        "_latched_ssrc", "_loop", "_playout", "_ports", "_pt", "_rtcp", "_rtcp_latched",
+        "_rtcp_timer", "_rtcp_transport", "_rx", "_sdp_dest", "_send_error_logged",
+        "_send_errors_unlogged", "_sender", "_srtp", "_srtp_keys", "_srtp_logged", "_srtp_unlogged",
+        "_transport", "_ts_shift", "_ts_time", "bytes_received", "bytes_sent", "closed",
+        "keepalive_packets", "local_port", "log_prefix", "on_dtmf", "on_rtp", "packets_malformed",
+        "packets_received", "packets_sent", "params", "relatch_after", "rtcp_malformed",
+        "rtcp_received", "rtcp_send_errors", "rtcp_sent", "send_errors", "srtp_dropped",
+    )
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,

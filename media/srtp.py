@@ -16,22 +16,28 @@ A re-key (a re-INVITE with a new key, RFC 4568 §7.1.4) is a new ``SrtpContext``
 leg replaces the whole object when its ``SrtpKeys`` change (media/session.py).
 
 Measured cost: bench/srtp_cost.py (numbers in bench/README.md).
+
+pylibsrtp is imported by the first ``SrtpContext``, not with this module: its binding
+(libsrtp with its own crypto) is ~5 MiB of the switch's RSS, a process serving only plain
+RTP never needs it (issue 7 point 4 holds 1000 calls to 200 MB), and the import takes
+~7 ms once, on the loop, at the first SRTP answer.
 """
 
 from __future__ import annotations
 
-import pylibsrtp
-
 from .sdes import SUITES, SrtpKeys
 
-# Suite name (RFC 4568 §6.2, RFC 7714 §12) -> libsrtp profile.
-_PROFILES: dict[str, int] = {
-    "AES_CM_128_HMAC_SHA1_80": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
-    "AES_CM_128_HMAC_SHA1_32": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
-    "AEAD_AES_128_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
-    "AEAD_AES_256_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+# Suite name (RFC 4568 §6.2, RFC 7714 §12) -> libsrtp profile (a pylibsrtp.Policy name).
+_PROFILES: dict[str, str] = {
+    "AES_CM_128_HMAC_SHA1_80": "SRTP_PROFILE_AES128_CM_SHA1_80",
+    "AES_CM_128_HMAC_SHA1_32": "SRTP_PROFILE_AES128_CM_SHA1_32",
+    "AEAD_AES_128_GCM": "SRTP_PROFILE_AEAD_AES_128_GCM",
+    "AEAD_AES_256_GCM": "SRTP_PROFILE_AEAD_AES_256_GCM",
 }
 assert set(_PROFILES) == set(SUITES), "media/sdes.py and media/srtp.py must list the same suites"
+# What libsrtp raises: (pylibsrtp.Error, ValueError) once it is loaded (an ``except`` names
+# these only when something was raised, and nothing is raised before the first context).
+_ERRORS: tuple[type[Exception], ...] = (ValueError,)
 # Authentication tag bytes (RTP, RTCP) of the suites an MKI is taken with (RFC 4568 §6.2:
 # _32 is a 32-bit tag on SRTP, 80 bits on SRTCP).
 _TAGS: dict[str, tuple[int, int]] = {"AES_CM_128_HMAC_SHA1_80": (10, 10), "AES_CM_128_HMAC_SHA1_32": (4, 10)}
@@ -56,24 +62,29 @@ class SrtpContext:
         self._tags = _TAGS.get(keys.suite, (0, 0))
         if self._mki is not None and keys.suite not in _TAGS:
             raise ValueError(f"SRTP {keys.suite}: an MKI is taken with the AES-CM suites only")
+        global _ERRORS
+        import pylibsrtp  # the first context loads the binding (module doc); later ones find it
+
+        _ERRORS = (pylibsrtp.Error, ValueError)
+        policy, number = pylibsrtp.Policy, getattr(pylibsrtp.Policy, profile)
         try:
-            self._tx = pylibsrtp.Session(pylibsrtp.Policy(
-                key=keys.tx_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
-            self._rx = pylibsrtp.Session(pylibsrtp.Policy(
-                key=keys.rx_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
-        except (pylibsrtp.Error, ValueError) as exc:  # (the message never holds the key)
+            self._tx: pylibsrtp.Session = pylibsrtp.Session(policy(
+                key=keys.tx_key, ssrc_type=policy.SSRC_ANY_OUTBOUND, srtp_profile=number))
+            self._rx: pylibsrtp.Session = pylibsrtp.Session(policy(
+                key=keys.rx_key, ssrc_type=policy.SSRC_ANY_INBOUND, srtp_profile=number))
+        except _ERRORS as exc:  # (the message never holds the key)
             raise ValueError(f"SRTP {keys.suite}: libsrtp refused the keys: {exc}") from None
 
     def protect_rtp(self, packet: bytes) -> bytes:
         try:
             return self._tx.protect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+        except _ERRORS as exc:
             raise SrtpError(f"SRTP protect failed: {exc}") from None
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         try:
             return self._tx.protect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+        except _ERRORS as exc:
             raise SrtpError(f"SRTCP protect failed: {exc}") from None
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
@@ -81,7 +92,7 @@ class SrtpContext:
             packet = self._strip_mki(packet, self._tags[0], 12, "SRTP")
         try:
             return self._rx.unprotect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+        except _ERRORS as exc:
             raise SrtpError(f"SRTP {exc}") from None
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
@@ -89,7 +100,7 @@ class SrtpContext:
             packet = self._strip_mki(packet, self._tags[1], 8 + 4, "SRTCP")  # (+ the E flag and index)
         try:
             return self._rx.unprotect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+        except _ERRORS as exc:
             raise SrtpError(f"SRTCP {exc}") from None
 
     def _strip_mki(self, packet: bytes, tag: int, header: int, what: str) -> bytes:

@@ -263,6 +263,7 @@ class Call:
             media.close()
             raise CallError(f"the call has ended ({leg.end_reason or 'hung up'})")
         self.media[leg] = media
+        self._opening.pop(leg, None)  # done: later verbs find self.media (a Task kept is ~0.8 KB)
         media.on_dtmf = lambda digit: self.post(leg, events.dtmf(digit))
         leg.media_opened(media.local_port, media.comfort_noise)
         self.pump(leg)

@@ -12,6 +12,10 @@ by dnspython's asyncio resolver (on the loop, without blocking it) and cached fo
   are one query. The cache is bounded.
 - Records come back as small typed tuples (``Naptr``, ``Srv``, addresses), never dnspython
   objects: the locator's ordering logic is tested on plain data.
+- dnspython is imported at the first query, in a thread: a switch whose routes are all
+  IP addresses never needs it, and it is ~5 MiB of the switch's RSS (issue 7 point 4 holds
+  1000 calls to 200 MB). Its import takes ~50 ms, too long for the loop, so the first
+  query waits for it in the executor (bench/README.md measures what the loop sees).
 """
 
 from __future__ import annotations
@@ -20,19 +24,29 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+import importlib
 from dataclasses import dataclass
-from typing import NamedTuple
-
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING, NamedTuple
 
 from .expiring import remember
 from .uri import split_hostport
 
+if TYPE_CHECKING:
+    import dns.asyncresolver
+
 logger = logging.getLogger(__name__)
+
+_DNSPYTHON = ("dns.asyncresolver", "dns.exception", "dns.nameserver", "dns.rdatatype", "dns.resolver")
+_dnspython_loaded = False  # set once every module above is imported
+
+
+def _import_dnspython() -> None:
+    """(In the executor.) Two first queries at once: the second thread waits on the
+    import locks, off the loop too."""
+    global _dnspython_loaded
+    for module in _DNSPYTHON:
+        importlib.import_module(module)
+    _dnspython_loaded = True
 
 MAX_TTL = 3600.0
 NEGATIVE_TTL = 30.0
@@ -158,6 +172,10 @@ class DnsRecords:
         remember(self._cache, key, entry, self.max_entries, self._clock())
 
     def _dns(self) -> dns.asyncresolver.Resolver:
+        import dns.asyncresolver  # (loaded by _ask: these are sys.modules lookups)
+        import dns.nameserver
+        import dns.resolver
+
         if self._resolver is None:
             if self.servers:
                 resolver = dns.asyncresolver.Resolver(configure=False)
@@ -173,6 +191,11 @@ class DnsRecords:
         return self._resolver
 
     async def _ask(self, name: str, rdtype: str) -> tuple[list[Record], float]:
+        if not _dnspython_loaded:  # the first query (module doc)
+            await asyncio.get_running_loop().run_in_executor(None, _import_dnspython)
+        import dns.exception
+        import dns.resolver
+
         try:
             answer = await self._dns().resolve(name + ".", rdtype, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN:

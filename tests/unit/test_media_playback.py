@@ -270,3 +270,48 @@ def test_http_unreachable(tmp_path):
             await PlaybackCache().get(f"http://127.0.0.1:{port}/x.wav", tmp_path)
 
     run(main())
+
+
+def _ffmpeg_pcm(path: pathlib.Path) -> bytes:
+    """What FFmpeg decodes ``path`` to at s16 mono 8 kHz (the reference for the WAV reader)."""
+    from media.playback import _decode_ffmpeg
+
+    return _decode_ffmpeg(str(path), path.name)
+
+
+def test_plain_wav_is_read_without_ffmpeg_and_matches_it(tmp_path):
+    # PCM s16 mono 8 kHz: read by the stdlib's wave, byte for byte what FFmpeg gives.
+    path = write_wav(tmp_path / "plain.wav", rate=8000, seconds=0.5)
+    from media.playback import _read_plain_wav, decode_bytes
+
+    pcm = _read_plain_wav(str(path), "plain.wav")
+    assert pcm is not None and len(pcm) == 8000
+    assert pcm == _ffmpeg_pcm(path)
+    # From memory too (an HTTP download), and the buffer is left at its start for FFmpeg.
+    buf = __import__("io").BytesIO(path.read_bytes())
+    assert decode_bytes(buf, "plain.wav").pcm == pcm and buf.tell() == 0
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 1), (8000, 2)])
+def test_other_wavs_go_to_ffmpeg(tmp_path, rate, channels):
+    from media.playback import _read_plain_wav, decode_bytes
+
+    path = write_wav(tmp_path / "other.wav", rate=rate, channels=channels)
+    assert _read_plain_wav(str(path), "other.wav") is None
+    audio = decode_bytes(str(path), "other.wav")
+    assert audio.samples == 8000 and level_dbfs(audio.pcm) > -10
+
+
+def test_a_streamed_wav_with_no_data_size_is_read_to_its_end(tmp_path):
+    # A WAV written by a streaming recorder may say 0 bytes of data: the stdlib reads
+    # nothing from it, FFmpeg reads the samples that are there.
+    path = write_wav(tmp_path / "streamed.wav", rate=8000, seconds=0.5)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at:at + 4] = (0).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    from media.playback import decode_bytes
+
+    audio = decode_bytes(str(path), "streamed.wav")
+    assert audio.samples == 4000
+
