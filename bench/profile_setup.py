@@ -48,13 +48,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="where the raw profile goes")
     ap.add_argument("--against", type=Path, help="an earlier raw profile to compare with")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--hz", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--worker", action="store_true", help="profile the (one) JS worker, not the switch")
     ap.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     a = ap.parse_args()
     sw = start_switch("answer_play", ["--js-workers", "1"] if a.worker else [])
     pid = children(sw.proc.pid)[0] if a.worker else sw.proc.pid
     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", "10",
-                            "-r", "200", "-f", "raw", "-o", str(a.out),
+                            "-r", str(a.hz), "-f", "raw", "-o", str(a.out),
                             # C frames need the process paused at each sample
                             *(["--native"] if a.native else ["--nonblocking"])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -34,6 +34,8 @@ the flags. Keys in the file are the flag names with '_' for '-':
     failover_timeout = 4         # an outbound INVITE with no response at all from one of a
                                  # name's servers within this many seconds tries the next
     js_workers = 2               # JS worker processes running the tasks (default: one per core)
+    js_worker_nice = 5           # the workers' CPU priority below the switch's (nice +N; 0: same):
+                                 # on a busy host SIP and RTP get the CPU before the JS does
     task_cpu_seconds = 5         # a task computing this long without calling a verb is stopped
     watchdog_s = 10              # the switch's own event loop stuck this long (a bug of ours):
                                  # log and exit 70 for the supervisor to restart; 0 = off
@@ -160,6 +162,7 @@ class Config:
     cdr_url: str = ""  # "postgresql://user:password@host/db": records are shipped there too
     watchdog_s: float = 10.0  # the switch's loop stuck this long (our bug) ends the process; 0: off
     js_workers: int = 0  # JS worker processes; 0: one per core (switch/tasks/pool.py)
+    js_worker_nice: int = 5  # workers run this much nicer than the switch (switch/tasks/pool.py)
     task_cpu_seconds: float = 5.0  # JS CPU a task may use between two verbs before it is interrupted
 
     # ---- parsed views, validated once
@@ -261,6 +264,9 @@ class Config:
         _check_range("auth_block_seconds", self.auth_block_seconds, 1, 86400, "seconds")
         if not 0 <= self.js_workers <= 64:
             raise ConfigError(f"js_workers must be between 1 and 64 (0: one per core), not {self.js_workers}")
+        if not 0 <= self.js_worker_nice <= 19:
+            raise ConfigError(f"js_worker_nice must be between 0 (the switch's priority) and 19, not "
+                              f"{self.js_worker_nice}")
         if not 0.05 <= self.task_cpu_seconds <= 3600:
             raise ConfigError(f"task_cpu_seconds must be between 0.05 and 3600, not {self.task_cpu_seconds}")
         if (not isinstance(self.digest_algorithms, list) or not self.digest_algorithms

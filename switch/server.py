@@ -109,7 +109,7 @@ class Switch:
         self.playback = PlaybackCache(self.executor)
         self.tasks = WorkerPool(loop, cfg.js_workers or default_worker_count(), memory_mb=cfg.task_memory_mb,
                                 cpu_seconds=cfg.task_cpu_seconds, stall_timeout=cfg.watchdog_s or 10.0,
-                                log_level=cfg.log_level, log_format=cfg.log_format)
+                                log_level=cfg.log_level, log_format=cfg.log_format, nice=cfg.js_worker_nice)
         self.lag = LoopLagMonitor(loop)  # started once start-up's own stalls are over (below)
         self.admission = Admission(self.lag, cfg.max_calls,
                                    rtp_ports_free=lambda: self.ports.capacity - self.ports.in_use,

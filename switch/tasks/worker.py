@@ -236,10 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-seconds", type=float, default=5.0)
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--log-format", default="text")
+    ap.add_argument("--nice", type=int, default=0, help="added to the niceness inherited from the switch")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.setup(args.log_level, args.log_format)
+    if args.nice:
+        # Below the switch (pool.py says why); an unprivileged process may only go down.
+        try:
+            os.nice(args.nice)
+        except OSError as exc:
+            log.warning("js worker %d keeps the switch's CPU priority: nice(%d) failed: %s",
+                        args.index, args.nice, exc)
     try:
         check_binding()  # the CPU budget and the bytecode prelude rely on its layout
         SharedRuntime(lambda *args: None, 0, MiB)  # and the shared runtime on the engine's

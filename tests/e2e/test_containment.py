@@ -761,3 +761,25 @@ def test_killing_the_only_js_worker_keeps_the_switch(switch, sinks):
     finish(fresh)
     assert sw.running()
     stop_clean(sw)
+
+
+def nice_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.parametrize("configured", [None, 0, 9])
+def test_js_workers_run_below_the_switchs_cpu_priority(switch, tmp_path, configured):
+    """The workers are nicer than the switch (js_worker_nice, default 5: pool.py says why),
+    also after a restart; 0 keeps them at the switch's priority."""
+    args = ["--js-workers", "2"]
+    if configured is not None:
+        cfg = tmp_path / "nice.toml"
+        cfg.write_text(f"js_worker_nice = {configured}\n")
+        args += ["--config", str(cfg)]
+    sw = start_switch(switch, APP, *args)
+    expected = nice_of(sw.proc.pid) + (5 if configured is None else configured)
+    workers = js_workers(sw)
+    assert [nice_of(w["pid"]) for w in workers] == [expected, expected], workers
+    os.kill(workers[0]["pid"], signal.SIGKILL)
+    assert poll(lambda: js_workers(sw)[0]["alive"] and js_workers(sw)[0]["pid"] != workers[0]["pid"], 5.0)
+    assert nice_of(js_workers(sw)[0]["pid"]) == expected
