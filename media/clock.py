@@ -23,12 +23,19 @@ one frame per ``ptime``, and a tick's work, hence the lateness it adds, is a qua
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
+
+# Every loop callback otherwise runs in a copy of the current contextvars.Context, and a
+# timer armed for a call (its RTCP report, its keepalive, a task's ReadInput timeout)
+# keeps that copy, a GC-tracked object, for as long as it waits. Nothing in the switch
+# or its workers uses context variables, so their callbacks share this one empty context.
+NO_CONTEXT = contextvars.Context()
 
 
 class ClockedStream(Protocol):

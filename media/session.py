@@ -71,7 +71,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from media.clock import MediaClock
+from media.clock import NO_CONTEXT, MediaClock
 from media.dtmf import DtmfReceiver
 from media.playback import DecodedAudio
 from media.ports import NoRtpPorts, RtpPortPool
@@ -597,7 +597,8 @@ class MediaSession:
     def _keepalive_arm(self, when: float) -> None:
         ka = self._keepalive
         assert ka is not None
-        ka.timer = self._loop.call_at(_on_grid(when, KEEPALIVE_TIMER_GRID), self._keepalive_due)
+        ka.timer = self._loop.call_at(_on_grid(when, KEEPALIVE_TIMER_GRID), self._keepalive_due,
+                                     context=NO_CONTEXT)
 
     def _keepalive_wait(self) -> None:
         """Off the clock until the leg has sent nothing for KEEPALIVE_AFTER(_RELAYED)."""
@@ -718,7 +719,7 @@ class MediaSession:
         if cb is not None:
             # Not inline: the callback may resume a script, which must not delay the
             # other streams in this clock tick.
-            self._loop.call_soon(self._complete, cb)
+            self._loop.call_soon(self._complete, cb, context=NO_CONTEXT)
 
     def _complete(self, cb: Callable[[], None]) -> None:
         if self.closed:
@@ -849,7 +850,8 @@ class MediaSession:
         return rtp[0], rtp[1] + 1
 
     def _rtcp_arm(self) -> None:
-        self._rtcp_timer = self._loop.call_at(_on_grid(self._rtcp.deadline, RTCP_TIMER_GRID), self._rtcp_due)
+        self._rtcp_timer = self._loop.call_at(_on_grid(self._rtcp.deadline, RTCP_TIMER_GRID), self._rtcp_due,
+                                              context=NO_CONTEXT)
 
     def _rtcp_due(self) -> None:
         self._rtcp_timer = None

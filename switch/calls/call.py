@@ -28,6 +28,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,6 +253,12 @@ class Call:
         except CallError as exc:
             raise CallError(f"{verb}: {exc}", exc.status) from None
 
+    def post_play_completed(self, leg: Leg, url: str) -> None:
+        self.post(leg, events.play_file_completed(url))
+
+    def _dtmf(self, leg: Leg, digit: str) -> None:
+        self.post(leg, events.dtmf(digit))
+
     async def _open(self, leg: Leg) -> MediaSession:
         try:
             # The socket's family is that of the address our SDP names (RFC 4566 §5.7).
@@ -264,7 +271,7 @@ class Call:
             raise CallError(f"the call has ended ({leg.end_reason or 'hung up'})")
         self.media[leg] = media
         self._opening.pop(leg, None)  # done: later verbs find self.media (a Task kept is ~0.8 KB)
-        media.on_dtmf = lambda digit: self.post(leg, events.dtmf(digit))
+        media.on_dtmf = partial(self._dtmf, leg)  # (a partial: 2 GC-tracked objects, a closure 4)
         leg.media_opened(media.local_port, media.comfort_noise)
         self.pump(leg)
         return media
@@ -481,7 +488,7 @@ class LegControl:
             if media is None or leg.sdp.params is None:
                 raise CallError("PlayFile: the call has no media yet")
         leg.require_live("PlayFile")
-        media.play(audio, loop, lambda: call.post(leg, events.play_file_completed(url)))
+        media.play(audio, loop, partial(call.post_play_completed, leg, url))
 
     def set_cdr_field(self, name: str, value: str) -> None:
         if not _CDR_FIELD.match(name):

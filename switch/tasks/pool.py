@@ -39,6 +39,7 @@ import socket
 import sys
 import time
 import weakref
+from functools import partial
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -112,8 +113,11 @@ class TaskRecord:
         """Tell the worker when the leg ends, so ``IsConnected()`` needs no round trip.
         Sent before any event about the ending and before the reply of the verb that
         ended it: the worker sees them in that order."""
-        worker = self.worker
-        leg.on_end(lambda: worker.send(["leg-ended", self.tid]) if self.leg is leg else None)
+        leg.on_end(partial(self._leg_ended, leg))
+
+    def _leg_ended(self, leg: CallControl) -> None:
+        if self.leg is leg:
+            self.worker.send(["leg-ended", self.tid])
 
 
 class JsWorker:

@@ -45,7 +45,6 @@ perf figures are printed by ``pytest tests/unit -k "tasks_perf or 1000" -s``):
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import atexit
 import enum
 import inspect
@@ -63,6 +62,10 @@ from typing import Any
 import greenlet
 import quickjs
 
+# One empty context for our loop callbacks (media/clock.py says why: a task's
+# ReadInput(3600) timer would keep a copy of its own for the whole call).
+from media.clock import NO_CONTEXT
+
 from . import api, events
 from .app import MAIN, JsApp, ModuleNotFound
 from .boundary import CallControl, CallError, Switchboard
@@ -73,11 +76,6 @@ from .events import Event
 from .prelude import PRELUDE
 
 log = logging.getLogger("switch.tasks")
-
-# Every loop callback otherwise copies the current contextvars.Context; a task's
-# ReadInput(3600) timer would keep such a copy (a GC-tracked object) for the whole call.
-# Nothing here uses context variables, so all our callbacks share one empty context.
-NO_CONTEXT = contextvars.Context()
 
 MiB = 1024 * 1024
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
