@@ -82,7 +82,7 @@ declare function ProvisionCall(): void;
 declare function AcceptCall(): void;
 /** Refuse an unanswered call with a final status 300-699 (e.g. 486, 404, 503). */
 declare function RejectCall(code: number, reason?: string | null): void;
-/** Play audio to the caller: a file path inside the app, `file://` or `http(s)://`; WAV, MP3, OGG. Returns once playing starts (throws if the file cannot be played); a `PlayFileCompleted` event arrives at the end unless `loop`. Blocks. Event: `PlayFileCompleted`. */
+/** Play audio to the caller: a file path inside the app, `file://` or `http(s)://`; WAV, MP3, OGG (a 16-bit mono 8 kHz PCM WAV, the telephone's own format, is used as it is; anything else is decoded and resampled by FFmpeg, once per file version). Returns once playing starts (throws if the file cannot be played); a `PlayFileCompleted` event arrives at the end unless `loop`. Blocks. Event: `PlayFileCompleted`. */
 declare function PlayFile(url: string, loop?: boolean | null): void;
 /** Stop playing. */
 declare function StopPlay(): void;

@@ -64,8 +64,10 @@ class Binding:
         return SipUri.parse(self.contact)
 
     def header(self, now: float) -> str:
-        """The binding as the 200 to a REGISTER lists it (§10.3 step 8)."""
-        return f"<{self.contact}>{self.params};expires={max(0, int(self.expires_at - now))}"
+        """The binding as the 200 to a REGISTER lists it (§10.3 step 8). Rounded, not
+        truncated: a binding just made at ``now`` for 3600 s has ``(now + 3600) - now``
+        left, which in floating point can be 3599.9999999 (a flaky 3599 in the 200)."""
+        return f"<{self.contact}>{self.params};expires={max(0, round(self.expires_at - now))}"
 
     def target(self) -> tuple[SipUri, Addr]:
         """Where to send a call: over the phone's own connection if it registered over

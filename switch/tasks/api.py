@@ -271,7 +271,8 @@ VERBS: list[JsVerb] = [
         "void",
         _ET.PLAY_FILE_COMPLETED.value,
         "Play audio to the caller: a file path inside the app, `file://` or `http(s)://`; WAV, "
-        "MP3, OGG. Returns once playing starts (throws if the file cannot be played); a "
+        "MP3, OGG (a 16-bit mono 8 kHz PCM WAV, the telephone's own format, is used as it is; "
+        "anything else is decoded and resampled by FFmpeg, once per file version). Returns once playing starts (throws if the file cannot be played); a "
         "`PlayFileCompleted` event arrives at the end unless `loop`.",
         _on_leg("play_file", _play_args),
         section="call",
