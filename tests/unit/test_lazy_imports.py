@@ -32,24 +32,23 @@ def loaded_after(code: str) -> list[list[str]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def write_wav(path: pathlib.Path, channels: int) -> pathlib.Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x10\x00" * 800 * channels)
+    return path
+
+
 def test_the_switch_and_a_worker_start_without_them():
     marks = loaded_after("import switch.cli, switch.server, switch.tasks.worker\nmark()\n")
     assert marks == [[]]
 
 
 def test_each_loads_at_its_first_use(tmp_path):
-    plain = tmp_path / "plain.wav"
-    with wave.open(str(plain), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(b"\x10\x00" * 800)
-    stereo = tmp_path / "stereo.wav"
-    with wave.open(str(stereo), "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(b"\x10\x00" * 1600)
+    plain = write_wav(tmp_path / "plain.wav", channels=1)
+    stereo = write_wav(tmp_path / "stereo.wav", channels=2)
     marks = loaded_after(
         "import switch.server\n"
         "from media.playback import decode_bytes\n"
