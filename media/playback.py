@@ -9,8 +9,8 @@ telephony norm for prompts, and what the bundled greeting is) is read with the s
 through PyAV, imported at the first such file. Why not PyAV for everything: importing it
 maps FFmpeg's libraries, ~12 MiB of the switch's RSS (issue 7 point 4 measured the switch's
 memory per held call against a 200 MB budget for 1000 calls), for a format the stdlib reads
-in one call. The import happens once, in the decoding thread; it holds the GIL for a few
-tens of ms then (measured in bench/README.md), which the loop sees as one late tick.
+in one call. The import happens once, in the decoding thread (~50 ms); the loop, which
+shares the GIL with that thread, was at most ~11 ms late meanwhile (bench/import_stall.py).
 """
 
 from __future__ import annotations
