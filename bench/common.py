@@ -51,15 +51,20 @@ def cpu_seconds(pid: int) -> float:
     return sum(own_cpu_seconds(p) for p in [pid, *children(pid)])
 
 
-def own_rss_kib(pid: int, field: str = "VmRSS") -> int:
+def _proc_kib(path: str, field: str) -> int:
+    """The kB figure of ``field`` in a /proc file of ``Name:  1234 kB`` lines; 0 if gone."""
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
+        text = Path(path).read_text()
     except OSError:
         return 0
     for line in text.splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def own_rss_kib(pid: int, field: str = "VmRSS") -> int:
+    return _proc_kib(f"/proc/{pid}/status", field)
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -72,14 +77,7 @@ def own_pss_kib(pid: int) -> int:
     shares (the interpreter's and the libraries' code, mapped by the switch and every
     worker). A sum of RSS counts each shared page once per process that maps it; a sum of
     PSS counts it once in all, which is what the group really takes from the host."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def pss_kib(pid: int) -> int:

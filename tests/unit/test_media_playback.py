@@ -1,6 +1,7 @@
 import asyncio
 import concurrent.futures
 import http.server
+import io
 import os
 import pathlib
 import threading
@@ -288,7 +289,7 @@ def test_plain_wav_is_read_without_ffmpeg_and_matches_it(tmp_path):
     assert pcm is not None and len(pcm) == 8000
     assert pcm == _ffmpeg_pcm(path)
     # From memory too (an HTTP download), and the buffer is left at its start for FFmpeg.
-    buf = __import__("io").BytesIO(path.read_bytes())
+    buf = io.BytesIO(path.read_bytes())
     assert decode_bytes(buf, "plain.wav").pcm == pcm and buf.tell() == 0
 
 
