@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs per rate (median reported)")
     ap.add_argument("--hold-ms", type=int, default=1000, help="how long each call stays up")
     ap.add_argument("--js-workers", type=int, default=0, help="--js-workers of the switch (0: its default)")
+    ap.add_argument("--app", default="answer_play", help="app under bench/apps (answer_wait: answers, sends no RTP)")
     ap.add_argument("--config", metavar="FILE", help="a config file for the switch (e.g. one saying cdr = false)")
     args = ap.parse_args()
     extra = ["--js-workers", str(args.js_workers)] if args.js_workers else []
@@ -32,7 +33,7 @@ def main() -> None:
         calls = int(rate * args.duration)
         failed, cpu_main, cpu_js, rss, per_call, achieved = [], [], [], [], [], []
         for _ in range(args.runs):
-            switch = start_switch("answer_play", extra)
+            switch = start_switch(args.app, extra)
             pid = switch.proc.pid
             cpu0 = split_cpu(pid)
             res = sipp_load(switch.sip_target, rate=rate, calls=calls, hold_ms=args.hold_ms,
