@@ -39,11 +39,8 @@ def children(pid: int) -> list[int]:
 
 
 def own_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    times = own_times(pid)
+    return times.user + times.system
 
 
 def cpu_seconds(pid: int) -> float:
@@ -52,7 +49,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _proc_kib(path: str, field: str) -> int:
-    """The kB figure of ``field`` in a /proc file of ``Name:  1234 kB`` lines; 0 if gone."""
+    """The kB figure (or plain count) of ``field`` in a /proc file of ``Name:  1234 kB``
+    lines; 0 if gone."""
     try:
         text = Path(path).read_text()
     except OSError:
@@ -116,6 +114,44 @@ def sipp_load(target: str, *, rate: float, calls: int, hold_ms: int, limit: int,
 def _count(screen: str, label: str) -> int:
     found = re.findall(rf"{label}\s*\|\s*\d+\s*\|\s*(\d+)", screen)
     return int(found[-1]) if found else 0
+
+
+@dataclass
+class ProcTimes:
+    """One process's (or a group's summed) CPU seconds, user and system apart, and its
+    context switches: voluntary (it slept: one per wake-up) and involuntary (preempted)."""
+    user: float = 0.0
+    system: float = 0.0
+    voluntary: int = 0
+    involuntary: int = 0
+
+    def __add__(self, other: ProcTimes) -> ProcTimes:
+        return ProcTimes(self.user + other.user, self.system + other.system,
+                         self.voluntary + other.voluntary, self.involuntary + other.involuntary)
+
+    def __sub__(self, other: ProcTimes) -> ProcTimes:
+        return ProcTimes(self.user - other.user, self.system - other.system,
+                         self.voluntary - other.voluntary, self.involuntary - other.involuntary)
+
+
+def own_times(pid: int) -> ProcTimes:
+    """User/system seconds (/proc/PID/stat fields 14-15) and context switches
+    (/proc/PID/status) of one process; zeros if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return ProcTimes()
+    return ProcTimes(int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK,
+                     _proc_kib(f"/proc/{pid}/status", "voluntary_ctxt_switches"),
+                     _proc_kib(f"/proc/{pid}/status", "nonvoluntary_ctxt_switches"))
+
+
+def split_times(pid: int) -> dict[str, ProcTimes]:
+    """``own_times`` of the switch process itself and of its JS workers (summed), apart."""
+    workers = ProcTimes()
+    for child in children(pid):
+        workers = workers + own_times(child)
+    return {"switch": own_times(pid), "workers": workers}
 
 
 def split_cpu(pid: int) -> dict[str, float]:

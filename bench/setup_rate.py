@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import median, rss_kib, sipp_load, split_cpu, start_switch
+from common import ProcTimes, median, rss_kib, sipp_load, split_times, start_switch
 
 
 def main() -> None:
@@ -22,6 +22,9 @@ def main() -> None:
     ap.add_argument("--js-workers", type=int, default=0, help="--js-workers of the switch (0: its default)")
     ap.add_argument("--app", default="answer_play", help="app under bench/apps (answer_wait: answers, sends no RTP)")
     ap.add_argument("--config", metavar="FILE", help="a config file for the switch (e.g. one saying cdr = false)")
+    ap.add_argument("--detail", action="store_true",
+                    help="also print, per call and process, user and system ms and context switches "
+                         "(voluntary: wake-ups; involuntary: preemptions)")
     args = ap.parse_args()
     extra = ["--js-workers", str(args.js_workers)] if args.js_workers else []
     if args.config:
@@ -32,17 +35,21 @@ def main() -> None:
     for rate in (float(r) for r in args.rates.split(",")):
         calls = int(rate * args.duration)
         failed, cpu_main, cpu_js, rss, per_call, achieved = [], [], [], [], [], []
+        details: list[tuple[dict[str, ProcTimes], int]] = []
         for _ in range(args.runs):
             switch = start_switch(args.app, extra)
             pid = switch.proc.pid
-            cpu0 = split_cpu(pid)
+            times0 = split_times(pid)
             res = sipp_load(switch.sip_target, rate=rate, calls=calls, hold_ms=args.hold_ms,
                             limit=int(rate * 10) + 100, timeout=args.duration * 3 + 30)
-            cpu1 = split_cpu(pid)
-            cpu_main.append(100 * (cpu1["switch"] - cpu0["switch"]) / res.seconds)
-            cpu_js.append(100 * (cpu1["workers"] - cpu0["workers"]) / res.seconds)
+            times1 = split_times(pid)
+            delta = {k: times1[k] - times0[k] for k in times0}
+            cpu = {k: t.user + t.system for k, t in delta.items()}
+            cpu_main.append(100 * cpu["switch"] / res.seconds)
+            cpu_js.append(100 * cpu["workers"] / res.seconds)
             done = max(1, res.successful)
-            per_call.append(tuple(1000 * (cpu1[k] - cpu0[k]) / done for k in ("switch", "workers")))
+            details.append((delta, done))
+            per_call.append(tuple(1000 * cpu[k] / done for k in ("switch", "workers")))
             rss.append(rss_kib(pid, "VmHWM") / 1024)
             failed.append(res.failed + (calls - res.successful - res.failed))
             # SIPp may fall behind the asked rate when the machine is saturated
@@ -51,6 +58,22 @@ def main() -> None:
         print(f"| {rate:.0f} | {median(achieved):.0f} | {calls} | {median(failed):.0f} | {median(cpu_main):.0f} + {median(cpu_js):.0f} | "
               f"{median([p[0] for p in per_call]):.2f} + {median([p[1] for p in per_call]):.2f} = "
               f"{median([p[0] + p[1] for p in per_call]):.2f} | {median(rss):.0f} |", flush=True)
+        if args.detail:
+            print_detail(rate, details)
+
+
+def print_detail(rate: float, details: list[tuple[dict[str, ProcTimes], int]]) -> None:
+    """Per call, for the switch and for its workers together: user ms, system ms,
+    voluntary and involuntary context switches (median of the runs)."""
+    print(f"\n| {rate:.0f} calls/s, per call | user ms | system ms | wake-ups | preemptions |")
+    print("|---|---:|---:|---:|---:|")
+    for who in ("switch", "workers"):
+        rows = [(delta[who], calls) for delta, calls in details]
+        print(f"| {who} | {median([1000 * t.user / n for t, n in rows]):.2f} | "
+              f"{median([1000 * t.system / n for t, n in rows]):.2f} | "
+              f"{median([t.voluntary / n for t, n in rows]):.1f} | "
+              f"{median([t.involuntary / n for t, n in rows]):.1f} |", flush=True)
+    print()
 
 
 if __name__ == "__main__":
