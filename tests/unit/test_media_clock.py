@@ -166,7 +166,7 @@ def test_clock_discard_during_tick_and_readd():
 
 def test_streams_are_spread_over_phases_one_frame_per_ptime_each():
     loop = FakeLoop()
-    clock = MediaClock(loop, slots=4)  # type: ignore[arg-type]
+    clock = MediaClock(loop, slots=4, streams_per_phase=2)  # type: ignore[arg-type]
     streams = [Recorder() for _ in range(8)]
     for s in streams:
         clock.add(s)
@@ -180,6 +180,37 @@ def test_streams_are_spread_over_phases_one_frame_per_ptime_each():
     assert whens == pytest.approx([0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035])
     assert served == [2] * 8  # a quarter of the streams per wake-up
     assert all(s.calls == [1, 1] for s in streams)
+
+
+def test_a_phase_opens_only_when_those_in_use_are_full():
+    """Few streams share one wake-up per ptime; a second phase opens at streams_per_phase
+    streams; a stream keeps its phase when others leave, and new ones fill the first."""
+    loop = FakeLoop()
+    clock = MediaClock(loop, slots=4, streams_per_phase=3)  # type: ignore[arg-type]
+    first = [Recorder() for _ in range(3)]
+    for s in first:
+        clock.add(s)
+    whens = []
+    for _ in range(3):
+        whens.append(round(loop.pending()[0].when - 1000.0, 4))
+        loop.fire()
+    assert whens == pytest.approx([0, 0.02, 0.04])  # one phase: one wake-up per 20 ms
+    assert all(s.calls == [1, 1, 1] for s in first)
+    late = Recorder()
+    clock.add(late)  # 3 in use and full: the second phase opens, 5 ms after the first
+    assert round(loop.pending()[0].when - 1000.0, 4) == pytest.approx(0.045)
+    loop.fire()
+    assert late.calls == [1]
+    for s in first:
+        clock.discard(s)
+    again = Recorder()
+    clock.add(again)  # 1 stream: only phase 0 is in use for new streams
+    whens = []
+    for _ in range(4):
+        whens.append(round(loop.pending()[0].when - 1000.0, 4))
+        loop.fire()
+    assert whens == pytest.approx([0.06, 0.065, 0.08, 0.085])  # phase 0 and the kept phase 1
+    assert late.calls == [1, 1, 1] and again.calls == [1, 1]
 
 
 def test_clock_add_from_inside_a_tick_arms_one_timer():
