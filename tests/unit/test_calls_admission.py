@@ -17,7 +17,8 @@ def test_admits_when_healthy():
 def test_refusals_and_their_reasons():
     assert admission().refuse_reason(10) == Shed("call-limit", "call limit 10 reached")
     assert admission(ports=1).refuse_reason(0) == Shed("no-rtp-ports", "RTP port range exhausted (widen --rtp-ports)")
-    assert admission(lag=0.15).refuse_reason(0) == Shed("loop-lag", "overloaded (loop lag 150 ms)")
+    assert admission(lag=0.6).refuse_reason(0) == Shed("loop-lag", "overloaded (loop lag 600 ms)")
+    assert admission(lag=0.15).refuse_reason(0) is None  # a stall shorter than T1: late, not overload
     sustained = admission(sustained=0.02).refuse_reason(0)  # saturation, not a GC blip
     assert sustained is not None and sustained.key == "loop-lag-sustained" and "for 2 s" in str(sustained)
     assert admission(lag=0.05, sustained=0.005).refuse_reason(0) is None
