@@ -154,6 +154,18 @@ def split_times(pid: int) -> dict[str, ProcTimes]:
     return {"switch": own_times(pid), "workers": workers}
 
 
+def host_ticks() -> tuple[int, int]:
+    """(steal, all) CPU ticks of the machine so far (/proc/stat): on a virtual machine,
+    steal is time its vCPUs were ready to run but the hypervisor ran something else.
+    The share over a run says how far its figures are the host's rather than ours."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return 100 * (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
 def split_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the switch process itself and of its JS workers, apart."""
     return {"switch": own_cpu_seconds(pid), "workers": sum(own_cpu_seconds(p) for p in children(pid))}

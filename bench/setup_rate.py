@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import ProcTimes, median, rss_kib, sipp_load, split_times, start_switch
+from common import ProcTimes, host_ticks, median, rss_kib, sipp_load, split_times, start_switch, steal_percent
 
 
 def main() -> None:
@@ -36,13 +36,16 @@ def main() -> None:
         calls = int(rate * args.duration)
         failed, cpu_main, cpu_js, rss, per_call, achieved = [], [], [], [], [], []
         details: list[tuple[dict[str, ProcTimes], int]] = []
+        steal: list[float] = []
         for _ in range(args.runs):
             switch = start_switch(args.app, extra)
             pid = switch.proc.pid
             times0 = split_times(pid)
+            host0 = host_ticks()
             res = sipp_load(switch.sip_target, rate=rate, calls=calls, hold_ms=args.hold_ms,
                             limit=int(rate * 10) + 100, timeout=args.duration * 3 + 30)
             times1 = split_times(pid)
+            steal.append(steal_percent(host0, host_ticks()))
             delta = {k: times1[k] - times0[k] for k in times0}
             cpu = {k: t.user + t.system for k, t in delta.items()}
             cpu_main.append(100 * cpu["switch"] / res.seconds)
@@ -59,12 +62,13 @@ def main() -> None:
               f"{median([p[0] for p in per_call]):.2f} + {median([p[1] for p in per_call]):.2f} = "
               f"{median([p[0] + p[1] for p in per_call]):.2f} | {median(rss):.0f} |", flush=True)
         if args.detail:
-            print_detail(rate, details)
+            print_detail(rate, details, steal)
 
 
-def print_detail(rate: float, details: list[tuple[dict[str, ProcTimes], int]]) -> None:
+def print_detail(rate: float, details: list[tuple[dict[str, ProcTimes], int]], steal: list[float]) -> None:
     """Per call, for the switch and for its workers together: user ms, system ms,
-    voluntary and involuntary context switches (median of the runs)."""
+    voluntary and involuntary context switches (median of the runs); and the share of
+    the machine's CPU time the hypervisor took (steal) during each run."""
     print(f"\n| {rate:.0f} calls/s, per call | user ms | system ms | wake-ups | preemptions |")
     print("|---|---:|---:|---:|---:|")
     for who in ("switch", "workers"):
@@ -73,7 +77,7 @@ def print_detail(rate: float, details: list[tuple[dict[str, ProcTimes], int]]) -
               f"{median([1000 * t.system / n for t, n in rows]):.2f} | "
               f"{median([t.voluntary / n for t, n in rows]):.1f} | "
               f"{median([t.involuntary / n for t, n in rows]):.1f} |", flush=True)
-    print()
+    print(f"\nhost steal during the runs: {', '.join(f'{x:.1f}' for x in steal)} % of the machine's CPU time\n")
 
 
 if __name__ == "__main__":
