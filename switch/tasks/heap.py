@@ -349,6 +349,14 @@ class TaskContext:
         ENGINE.JS_SetPropertyStr(context, glob, b"__sw_py", ENGINE.JS_DupValue(context, shared._gate))
         ENGINE.JS_FreeValue(context, glob)
 
+    def adopt(self, share: HeapShare) -> None:
+        """Count this context in ``share`` from now on, with what its own share counted so
+        far (a spare made before its task: its intrinsics and prelude)."""
+        share.used += self.share.used
+        share.grown += self.share.grown
+        self.share = share
+        self.shared._shares[self.context] = share
+
     @property
     def pointers(self) -> tuple[int, int]:
         """(JSRuntime*, JSContext*), for the CPU budget."""
