@@ -77,11 +77,13 @@ from .prelude import PRELUDE
 
 log = logging.getLogger("switch.tasks")
 
-# A task's context and its prelude, made one per task as the task starts, cost a JS
-# worker at 50 tasks/s each 457-512 us of CPU; eight made back to back 134-272 us each
-# (the engine's code and data are cold after every wake-up of a worker that sleeps
-# between calls, warm within a batch). So each runtime keeps this many made ahead, and
-# makes them again, in one go, once the last is taken: ~420 KiB of heap per runtime.
+# A task's context and its prelude, made one per task as the task starts, cost 457-512
+# us of CPU each when made once per 20 ms (a JS worker's pace at 50 tasks/s), 134-272 us
+# each in batches of 8: the engine's code and data are cold after every wake-up of a
+# process that sleeps between calls, warm within a batch. So each runtime keeps this
+# many made ahead, and makes them again, in one go, once the last is taken (~420 KiB of
+# heap per runtime). At 100 calls/s the workers' user time per call went from 1.66-1.81
+# to 1.63-1.69 ms (bench/README.md).
 SPARE_CONTEXTS = 8
 
 MiB = 1024 * 1024
