@@ -48,17 +48,24 @@ def cpu_seconds(pid: int) -> float:
     return sum(own_cpu_seconds(p) for p in [pid, *children(pid)])
 
 
-def _proc_kib(path: str, field: str) -> int:
-    """The kB figure (or plain count) of ``field`` in a /proc file of ``Name:  1234 kB``
-    lines; 0 if gone."""
+def _proc_numbers(path: str, fields: tuple[str, ...]) -> list[int]:
+    """The figures (kB, or plain counts) of ``fields`` in a /proc file of ``Name:  1234 kB``
+    lines, read once; 0 for each if the process is gone."""
     try:
         text = Path(path).read_text()
     except OSError:
-        return 0
+        return [0] * len(fields)
+    found = dict.fromkeys(fields, 0)
     for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+        name, _, rest = line.partition(":")
+        if name in found:
+            found[name] = int(rest.split()[0])
+    return [found[f] for f in fields]
+
+
+def _proc_kib(path: str, field: str) -> int:
+    """The kB figure of ``field`` in a /proc file (``_proc_numbers``)."""
+    return _proc_numbers(path, (field,))[0]
 
 
 def own_rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -141,9 +148,8 @@ def own_times(pid: int) -> ProcTimes:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return ProcTimes()
-    return ProcTimes(int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK,
-                     _proc_kib(f"/proc/{pid}/status", "voluntary_ctxt_switches"),
-                     _proc_kib(f"/proc/{pid}/status", "nonvoluntary_ctxt_switches"))
+    switches = _proc_numbers(f"/proc/{pid}/status", ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))
+    return ProcTimes(int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, *switches)
 
 
 def split_times(pid: int) -> dict[str, ProcTimes]:
