@@ -39,13 +39,14 @@ from common import APPS, sipp_load  # noqa: E402
 from tests.e2e.harness import SwitchProcess  # noqa: E402
 
 
-def count(calls: int, duration: float, app: str, hold_ms: int, outdir: Path) -> tuple[int, int, int]:
+def count(calls: int, duration: float, app: str, hold_ms: int, outdir: Path,
+          log_level: str = "warning") -> tuple[int, int, int]:
     """(switch instructions, workers' instructions, successful calls) for one run."""
     for old in outdir.glob("cg.*"):
         old.unlink()
     os.environ["E2E_SWITCH_CMD"] = (f"valgrind --tool=callgrind --instr-atstart=no --trace-children=yes "
                                     f"--callgrind-out-file={outdir}/cg.%p {sys.executable} -m switch.cli run")
-    switch = SwitchProcess(APPS / app, ["--max-calls", "20000"], log_level="warning", rtp_range=(20000, 29999))
+    switch = SwitchProcess(APPS / app, ["--max-calls", "20000"], log_level=log_level, rtp_range=(20000, 29999))
     switch.ready_timeout = 300.0
     switch.start()
     try:
@@ -85,20 +86,23 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=25.0, help="seconds each run places its calls over")
     ap.add_argument("--hold-ms", type=int, default=1000)
     ap.add_argument("--app", default="answer_play", help="app under bench/apps")
+    ap.add_argument("--log-level", default="warning",
+                    help="the switch's (the other benches run it at warning; its default is info)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: apt install valgrind")
     with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as tmp:
         outdir = Path(tmp)
-        s1, w1, n1 = count(args.calls, args.duration, args.app, args.hold_ms, outdir)
-        s2, w2, n2 = count(2 * args.calls, args.duration, args.app, args.hold_ms, outdir)
+        s1, w1, n1 = count(args.calls, args.duration, args.app, args.hold_ms, outdir, args.log_level)
+        s2, w2, n2 = count(2 * args.calls, args.duration, args.app, args.hold_ms, outdir, args.log_level)
     per_switch = (s2 - s1) / (n2 - n1)
     per_workers = (w2 - w1) / (n2 - n1)
     fixed = (s1 - n1 * per_switch) / args.duration
-    print("| app | calls | M instructions per call: switch + workers = total | switch's own, M per second |")
-    print("|---|---:|---:|---:|")
-    print(f"| {args.app} | {n1} and {n2} in {args.duration:.0f} s | {per_switch / 1e6:.2f} + {per_workers / 1e6:.2f} = "
+    print("| app | log level | calls | M instructions per call: switch + workers = total | switch's own, M per second |")
+    print("|---|---|---:|---:|---:|")
+    print(f"| {args.app} | {args.log_level} | {n1} and {n2} in {args.duration:.0f} s | "
+          f"{per_switch / 1e6:.2f} + {per_workers / 1e6:.2f} = "
           f"{(per_switch + per_workers) / 1e6:.2f} | {fixed / 1e6:.2f} |")
 
 
