@@ -174,7 +174,7 @@ def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 def split_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the switch process itself and of its JS workers, apart."""
-    return {"switch": own_cpu_seconds(pid), "workers": sum(own_cpu_seconds(p) for p in children(pid))}
+    return {who: t.user + t.system for who, t in split_times(pid).items()}
 
 
 def start_switch(app: str, extra: list[str] | None = None) -> SwitchProcess:

@@ -392,10 +392,7 @@ class TaskRuntime:
             if self.budget is not None:
                 self.budget.start_segment(js.pointers)
         else:
-            js = self._shared.new_context(task.heap)
-            if self.budget is not None:
-                self.budget.start_segment(js.pointers)
-            js.run(_prelude().data)  # compiled once per process (engine.Bytecode)
+            js = self._prepared(task.heap)
         if not spares and not self._refilling:
             self._refilling = True
             self.loop.call_soon(self._make_spares, context=NO_CONTEXT)
@@ -407,19 +404,12 @@ class TaskRuntime:
         the task that takes it adopts, so the memory limit sees what it always saw."""
         self._refilling = False
         shared = self._shared
-        prelude = _prelude().data
         try:
             while len(self._spares) < SPARE_CONTEXTS:
                 share = HeapShare()
                 before = shared.size
-                js = shared.new_context(share)
-                if self.budget is not None:  # a segment of its own (a tripped one would interrupt it)
-                    self.budget.start_segment(js.pointers)
-                try:
-                    js.run(prelude)
-                except BaseException:
-                    js.free()
-                    raise
+                try:  # a budget segment of its own: a tripped one would interrupt the prelude
+                    js = self._prepared(share)
                 finally:
                     if self.budget is not None:
                         self.budget.pause()
@@ -427,6 +417,19 @@ class TaskRuntime:
                 self._spares.append(js)
         except Exception:  # (MemoryError from the engine): tasks make their own meanwhile
             log.exception("cannot make spare task contexts")
+
+    def _prepared(self, share: HeapShare) -> TaskContext:
+        """A new context counted in ``share``, the prelude evaluated in it (compiled once
+        per process, engine.Bytecode) in a CPU budget segment that stays open."""
+        js = self._shared.new_context(share)
+        if self.budget is not None:
+            self.budget.start_segment(js.pointers)
+        try:
+            js.run(_prelude().data)
+        except BaseException:
+            js.free()
+            raise
+        return js
 
     # -- greenlet plumbing (all of it runs in the hub, from loop callbacks)
 
